@@ -1,0 +1,153 @@
+"""The tower's HTTP JSON API (localhost by default). Mutating calls need the data directory's token.
+
+    GET  /api/status                       counts by task and state, workers, rejected messages
+    GET  /api/jobs?state=S&task=T&limit=N  jobs
+    GET  /api/jobs/{id}                    one job, its attempts and its events
+    GET  /api/jobs/{id}/log/{stdout|stderr}?tail=BYTES
+    GET  /api/workers                      workers
+    POST /api/workloads   (YAML body)      submit a workload           [token]
+    POST /api/kill        {"jobs": [...]} | {"task": id} | {"worker": id}  [token]
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from hpc_edge.executor import STDERR_NAME, STDOUT_NAME
+
+from .service import ServiceError
+from .workload import WorkloadError, parse_workload
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024 * 1024
+
+
+class ApiHandle:
+    def __init__(self, runner: web.AppRunner, url: str):
+        self.runner, self.url = runner, url
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def build_app(service) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    tower, store = service.tower, service.store
+
+    def authorized(request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return hmac.compare_digest(given.encode(), service.token.encode())
+
+    async def status(_request):
+        return web.json_response(tower.status())
+
+    async def jobs(request):
+        try:
+            limit = min(int(request.query.get("limit", 1000)), 100_000)
+            offset = int(request.query.get("offset", 0))
+            task = int(request.query["task"]) if "task" in request.query else None
+        except ValueError:
+            return _error(400, "limit, offset and task must be integers")
+        return web.json_response(store.jobs(request.query.get("state"), task, limit, offset))
+
+    def _job_id(request) -> int | None:
+        try:
+            return int(request.match_info["job_id"])
+        except ValueError:
+            return None
+
+    async def job(request):
+        job_id = _job_id(request)
+        row = store.job(job_id) if job_id is not None else None
+        if row is None:
+            return _error(404, f"no job {request.match_info['job_id']}")
+        row["attempts"] = store.attempts(job_id)
+        row["events"] = store.events(job_id)
+        return web.json_response(row)
+
+    async def job_log(request):
+        job_id = _job_id(request)
+        row = store.job(job_id) if job_id is not None else None
+        if row is None:
+            return _error(404, f"no job {request.match_info['job_id']}")
+        stream = request.match_info["stream"]
+        if stream not in ("stdout", "stderr"):
+            return _error(400, "log stream must be stdout or stderr")
+        if not row["workdir"]:
+            return _error(404, f"job {job_id} has not run yet")
+        path = Path(row["workdir"]) / (STDOUT_NAME if stream == "stdout" else STDERR_NAME)
+        try:
+            tail = int(request.query.get("tail", 1 << 20))
+            with open(path, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - tail))
+                data = f.read()
+        except ValueError:
+            return _error(400, "tail must be an integer")
+        except OSError:
+            return _error(404, f"job {job_id} has no {stream} file yet ({path})")
+        return web.Response(body=data, content_type="text/plain")
+
+    async def workers(_request):
+        return web.json_response(store.workers())
+
+    async def submit(request):
+        if not authorized(request):
+            return _error(401, "a valid token is needed (Authorization: Bearer <data dir's api.token>)")
+        text = await request.text()
+        try:
+            workload = parse_workload(text, request.query.get("source", "<submitted workload>"))
+            ids = service.add_workload(workload)
+        except (WorkloadError, ServiceError) as exc:
+            return _error(400, str(exc))
+        return web.json_response({"tasks": ids})
+
+    async def kill(request):
+        if not authorized(request):
+            return _error(401, "a valid token is needed")
+        try:
+            body = json.loads(await request.text())
+            if not isinstance(body, dict):
+                raise ValueError("body must be a JSON object")
+        except ValueError as exc:
+            return _error(400, f"bad body: {exc}")
+        if "worker" in body:
+            ok = await service.cancel_worker(str(body["worker"]))
+            return web.json_response({"worker": body["worker"], "cancelled": ok})
+        if "task" in body:
+            ids = [j["job_id"] for j in store.jobs(task_id=int(body["task"]), limit=100_000_000)]
+        else:
+            ids = [int(j) for j in body.get("jobs", [])]
+        result = tower.kill_jobs(ids)
+        tower.flush()
+        return web.json_response(result)
+
+    app.add_routes([
+        web.get("/api/status", status), web.get("/api/jobs", jobs), web.get("/api/jobs/{job_id}", job),
+        web.get("/api/jobs/{job_id}/log/{stream}", job_log), web.get("/api/workers", workers),
+        web.post("/api/workloads", submit), web.post("/api/kill", kill),
+    ])
+    return app
+
+
+async def start_api(service, bind: str) -> ApiHandle:
+    host, _, port = bind.rpartition(":")
+    runner = web.AppRunner(build_app(service), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host or "127.0.0.1", int(port or 0))
+    await site.start()
+    sockets = site._server.sockets  # the bound port when 0 was asked
+    real_port = sockets[0].getsockname()[1]
+    url = f"http://{host or '127.0.0.1'}:{real_port}"
+    logger.info("API on %s", url)
+    return ApiHandle(runner, url)

@@ -1,0 +1,88 @@
+"""In-memory matchmaking of ready jobs to free resources, without a table scan per request.
+
+Ready jobs wait in one FIFO per task; tasks are visited by priority. A request takes jobs until the
+cores it asked for are covered, skipping tasks whose jobs need more cores, memory or walltime than
+the worker can give. Cost: the number of tasks plus the number of jobs handed out.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskSlot:
+    task_id: int
+    priority: int
+    cores: int
+    memory_mb: int
+    walltime_s: float
+
+
+class Dispatcher:
+    def __init__(self, walltime_margin_s: float = 60.0):
+        self.walltime_margin_s = walltime_margin_s
+        self.tasks: dict[int, TaskSlot] = {}
+        self.ready: dict[int, deque[int]] = {}
+        self._order: list[tuple[int, int]] = []  # (-priority, task_id), sorted
+        self._withdrawn: set[int] = set()
+        self._count = 0
+
+    def add_task(self, task_id: int, priority: int, cores: int, memory_mb: int, walltime_s: float) -> None:
+        self.tasks[task_id] = TaskSlot(task_id, priority, cores, memory_mb, walltime_s)
+        self.ready.setdefault(task_id, deque())
+        bisect.insort(self._order, (-priority, task_id))
+
+    def push(self, task_id: int, job_id: int, front: bool = False) -> None:
+        """Make a job ready; a job coming back (retry, preemption) goes to the front of its task."""
+        self._withdrawn.discard(job_id)
+        (self.ready[task_id].appendleft if front else self.ready[task_id].append)(job_id)
+        self._count += 1
+
+    def extend(self, task_id: int, job_ids) -> None:
+        queue = self.ready[task_id]
+        before = len(queue)
+        queue.extend(job_ids)
+        self._count += len(queue) - before
+
+    def withdraw(self, job_id: int) -> None:
+        """Take a ready job out (killed before it ran); removed lazily when reached."""
+        self._withdrawn.add(job_id)
+        self._count -= 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def take(self, cores: int, max_job_cores: int, max_job_memory_mb: int,
+             remaining_s: float | None = None) -> list[tuple[int, int]]:
+        """(task_id, job_id) pairs covering up to ``cores`` cores, highest priority first."""
+        taken: list[tuple[int, int]] = []
+        budget = cores
+        for _, task_id in self._order:
+            if budget <= 0:
+                break
+            slot = self.tasks[task_id]
+            queue = self.ready[task_id]
+            if not queue or slot.cores > max_job_cores or slot.memory_mb > max_job_memory_mb:
+                continue
+            if remaining_s is not None and slot.walltime_s + self.walltime_margin_s > remaining_s:
+                continue
+            while queue and budget > 0:
+                job_id = queue.popleft()
+                if job_id in self._withdrawn:
+                    self._withdrawn.discard(job_id)
+                    continue
+                taken.append((task_id, job_id))
+                self._count -= 1
+                budget -= slot.cores
+        return taken
+
+    def fits_any(self, max_job_cores: int, max_job_memory_mb: int) -> bool:
+        """Whether any ready job could ever run on a worker this size."""
+        return any(self.ready[t] and s.cores <= max_job_cores and s.memory_mb <= max_job_memory_mb
+                   for t, s in self.tasks.items())

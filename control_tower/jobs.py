@@ -1,0 +1,218 @@
+"""The tower's book of jobs: which are ready, which are out on which worker, how many in each state.
+
+Held in memory for the hot paths (dispatch, updates) and mirrored into the store's open
+transaction. Job states follow PanDA: activated -> sent -> running -> finished | failed | cancelled;
+an attempt superseded by a retry or a preemption is recorded as ``closed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpc_edge import protocol as p
+from hpc_edge.errors import ErrorCode
+
+from .dispatcher import Dispatcher
+from .store import TERMINAL, Store
+from .workload import TaskSpec, render_command
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Inflight:
+    task_id: int
+    worker_id: str
+    dispatch: int
+    attempt: int
+    state: str = "sent"
+
+
+def counts_as_attempt(code: int | None) -> bool:
+    try:
+        return ErrorCode(code).counts_as_attempt
+    except ValueError:
+        return True  # a payload's or a plugin's own code
+
+
+class JobBook:
+    def __init__(self, store: Store, dispatcher: Dispatcher, jobs_dir: Path):
+        self.store, self.dispatcher, self.jobs_dir = store, dispatcher, Path(jobs_dir)
+        self.tasks: dict[int, tuple[str, TaskSpec]] = {}
+        self.counts: dict[int, Counter] = {}
+        self.inflight: dict[int, Inflight] = {}
+        self.by_worker: dict[str, set[int]] = {}
+        self.stale_events = 0
+
+    # ---- loading ------------------------------------------------------------------------------
+    def load(self) -> None:
+        for task_id, name, _workload, spec in self.store.tasks():
+            self._register_task(task_id, name, spec)
+        ready: dict[int, list[int]] = {}
+        for job_id, task_id, state, worker_id in self.store.job_states():
+            self.counts[task_id][state] += 1
+            if state == "activated":
+                ready.setdefault(task_id, []).append(job_id)
+            elif state in ("sent", "starting", "running"):
+                row = self.store.job(job_id)
+                self._hold(job_id, Inflight(task_id, worker_id, row["dispatch"], row["attempt"], state))
+        for task_id, ids in ready.items():
+            self.dispatcher.extend(task_id, ids)
+
+    def add_task(self, task_id: int, name: str, spec: TaskSpec) -> None:
+        """Make a freshly stored task's jobs ready."""
+        self._register_task(task_id, name, spec)
+        ids = [j for j, t, state, _ in self.store.job_states_of(task_id) if state == "activated"]
+        self.counts[task_id]["activated"] += len(ids)
+        self.dispatcher.extend(task_id, ids)
+
+    def _register_task(self, task_id: int, name: str, spec: TaskSpec) -> None:
+        self.tasks[task_id] = (name, spec)
+        self.counts.setdefault(task_id, Counter())
+        self.dispatcher.add_task(task_id, spec.priority, spec.cores, spec.memory_mb, spec.walltime)
+
+    # ---- bookkeeping helpers ------------------------------------------------------------------
+    def _hold(self, job_id: int, inf: Inflight) -> None:
+        self.inflight[job_id] = inf
+        self.by_worker.setdefault(inf.worker_id, set()).add(job_id)
+
+    def _unhold(self, job_id: int) -> Inflight | None:
+        inf = self.inflight.pop(job_id, None)
+        if inf is not None:
+            held = self.by_worker.get(inf.worker_id)
+            if held is not None:
+                held.discard(job_id)
+                if not held:
+                    del self.by_worker[inf.worker_id]
+        return inf
+
+    def _move(self, task_id: int, old: str, new: str) -> None:
+        counts = self.counts[task_id]
+        counts[old] -= 1
+        counts[new] += 1
+
+    def held_by(self, worker_id: str) -> set[int]:
+        return self.by_worker.get(worker_id, set())
+
+    # ---- dispatch -----------------------------------------------------------------------------
+    def dispatch(self, worker_id: str, cores: int, max_job_cores: int, max_job_memory_mb: int,
+                 remaining_s: float | None) -> list[p.JobSpec]:
+        taken = self.dispatcher.take(cores, max_job_cores, max_job_memory_mb, remaining_s)
+        if not taken:
+            return []
+        rows = self.store.jobs_for_dispatch([job_id for _, job_id in taken])
+        now = time.time()
+        specs, sent = [], []
+        for task_id, job_id in taken:
+            _, idx, inputs, attempt, dispatch = rows[job_id]
+            name, task = self.tasks[task_id]
+            dispatch += 1
+            workdir = self.jobs_dir / name / str(job_id) / f"try{dispatch}"
+            specs.append(p.JobSpec(
+                job_id=job_id, task_id=task_id, attempt=attempt, dispatch=dispatch,
+                command=render_command(task.command, index=idx, inputs=inputs, job_id=job_id,
+                                       attempt=attempt, task=name),
+                cores=task.cores, memory_mb=task.memory_mb, walltime_s=task.walltime,
+                workdir=str(workdir), env=task.env, outputs=task.outputs))
+            sent.append((dispatch, worker_id, str(workdir), now, job_id))
+            self._hold(job_id, Inflight(task_id, worker_id, dispatch, attempt))
+            self._move(task_id, "activated", "sent")
+        self.store.mark_sent(sent)
+        return specs
+
+    # ---- events from relays -------------------------------------------------------------------
+    def apply(self, worker_id: str, e: p.JobEvent) -> None:
+        inf = self.inflight.get(e.job_id)
+        if inf is None or inf.worker_id != worker_id or inf.dispatch != e.dispatch:
+            self.stale_events += 1
+            logger.debug("ignored a stale event for job %d dispatch %d from %s", e.job_id, e.dispatch, worker_id)
+            return
+        fields = e.model_dump(exclude={"job_id", "dispatch", "state", "t"}, exclude_none=True)
+        fields["worker_id"] = worker_id
+        if e.state == "running":
+            if inf.state != "running":
+                self._move(inf.task_id, inf.state, "running")
+                inf.state = "running"
+                self.store.set_job_state(e.job_id, "running", e.t, fields)
+            return
+        self.end_attempt(e.job_id, e.state, e.t, fields)
+
+    def end_attempt(self, job_id: int, state: str, t: float, fields: dict) -> None:
+        """Close the current dispatch of a held job: finished, failed (maybe retried), requeued, cancelled."""
+        inf = self._unhold(job_id)
+        task_id = inf.task_id
+        _, spec = self.tasks[task_id]
+        code = fields.get("error_code")
+        if state == "failed" and counts_as_attempt(code) and inf.attempt < spec.max_attempts:
+            self.store.record_attempt(job_id, inf.dispatch, inf.attempt, "closed", fields)
+            self.store.set_job_state(job_id, "activated", t, fields, attempt=inf.attempt + 1,
+                                     note=f"closed attempt {inf.attempt} ({fields.get('error_diag')}); retrying")
+            self._requeue(job_id, task_id, inf.state)
+        elif state == "preempted" or (state == "failed" and not counts_as_attempt(code)):
+            self.store.record_attempt(job_id, inf.dispatch, inf.attempt, "closed", fields)
+            self.store.set_job_state(job_id, "activated", t, fields,
+                                     note=f"closed dispatch {inf.dispatch} ({fields.get('error_diag')}); requeued")
+            self._requeue(job_id, task_id, inf.state)
+        else:
+            self.store.record_attempt(job_id, inf.dispatch, inf.attempt, state, fields)
+            self.store.set_job_state(job_id, state, t, fields)
+            self._move(task_id, inf.state, state)
+
+    def _requeue(self, job_id: int, task_id: int, old_state: str) -> None:
+        self._move(task_id, old_state, "activated")
+        self.dispatcher.push(task_id, job_id, front=True)
+
+    def release_worker(self, worker_id: str, code: ErrorCode, diag: str) -> int:
+        """Every job still out on a worker that is gone goes back to the pool."""
+        ids = sorted(self.by_worker.get(worker_id, ()))
+        now = time.time()
+        for job_id in ids:
+            self.end_attempt(job_id, "preempted", now, {"worker_id": worker_id, "error_code": int(code),
+                                                        "error_diag": diag})
+        return len(ids)
+
+    def reconcile(self, worker_id: str, holding: set[int]) -> list[int]:
+        """Jobs a reconnecting relay holds that the tower gave elsewhere: the relay must drop them."""
+        return sorted(j for j in holding if (inf := self.inflight.get(j)) is None or inf.worker_id != worker_id)
+
+    # ---- user actions -------------------------------------------------------------------------
+    def kill(self, job_ids: list[int], reason: str) -> dict:
+        cancelled, signalled, unknown = 0, 0, 0
+        by_worker: dict[str, list[int]] = {}
+        now = time.time()
+        for job_id in job_ids:
+            inf = self.inflight.get(job_id)
+            if inf is not None:
+                by_worker.setdefault(inf.worker_id, []).append(job_id)
+                signalled += 1
+                continue
+            row = self.store.job(job_id)
+            if row is None:
+                unknown += 1
+            elif row["state"] == "activated":
+                self.dispatcher.withdraw(job_id)
+                self.store.set_job_state(job_id, "cancelled", now, {"error_code": int(ErrorCode.KILLED_BY_USER),
+                                                                     "error_diag": reason})
+                self._move(row["task_id"], "activated", "cancelled")
+                cancelled += 1
+        return {"cancelled": cancelled, "signalled": signalled, "unknown": unknown, "by_worker": by_worker}
+
+    # ---- summaries ----------------------------------------------------------------------------
+    def totals(self) -> Counter:
+        total = Counter()
+        for counts in self.counts.values():
+            total.update({k: v for k, v in counts.items() if v})
+        return total
+
+    def all_final(self) -> bool:
+        totals = self.totals()
+        return sum(totals.values()) == sum(totals[s] for s in TERMINAL)
+
+    def task_summaries(self) -> list[dict]:
+        return [{"task_id": tid, "name": name, "jobs": spec.n_jobs,
+                 "states": {k: v for k, v in self.counts[tid].items() if v}}
+                for tid, (name, spec) in self.tasks.items()]

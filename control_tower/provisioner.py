@@ -1,0 +1,198 @@
+"""The provisioner: sizes and submits workers (MPI jobs) to the batch system, and watches them.
+
+Each cycle it asks the batch system for the states of all live workers in one call, ends the ones
+that are gone (their jobs return to the pool), and submits new workers for ready work that fits a
+queue, never beyond the queue's limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from launchers import BatchState, Launcher, LauncherError, WorkerSpec, get_launcher
+
+from .tower import Tower
+from .workload import parse_duration
+
+logger = logging.getLogger(__name__)
+
+
+class QueueConfig(BaseModel):
+    """One kind of worker the tower may submit (a partition/queue of the site)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="local", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    launcher: str = Field(default="local", pattern=r"^(local|slurm|pbs|lsf)$")
+    nodes: int = Field(default=1, ge=1)
+    ranks_per_node: int = Field(default=2, ge=1)
+    cores_per_rank: int = Field(default=1, ge=1)
+    memory_per_rank_mb: int = Field(default=0, ge=0, description="0: the node's memory / its ranks")
+    gpus_per_node: int = Field(default=0, ge=0)
+    walltime: float | None = Field(default=None, description="allocation walltime; none: unlimited (local only)")
+    max_running: int = Field(default=1, ge=0)
+    max_queued: int = Field(default=1, ge=0)
+    max_failed_starts: int = Field(default=3, ge=1, description="give up after this many workers in a row die before saying hello")
+    account: str | None = None
+    partition: str | None = None
+    qos: str | None = None
+    setup_lines: list[str] = Field(default_factory=list)
+    mpi_launch: str | None = None
+    warning_signal_s: int = Field(default=90, ge=0)
+    walltime_grace_s: float = Field(default=60.0, ge=0)
+    extra_directives: list[str] = Field(default_factory=list)
+    launcher_options: dict = Field(default_factory=dict)
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _walltime(cls, v):
+        return None if v is None else parse_duration(v)
+
+    @property
+    def ranks(self) -> int:
+        return self.nodes * self.ranks_per_node
+
+
+class ProvisionError(Exception):
+    """Workers keep dying before they start; the message says where to look."""
+
+
+class Provisioner:
+    def __init__(self, tower: Tower, queues: list[QueueConfig], data_dir: Path,
+                 launchers: dict[str, Launcher] | None = None, log_level: str = "INFO"):
+        self.tower, self.queues, self.data_dir = tower, queues, Path(data_dir)
+        self.launchers = launchers or {}
+        self.log_level = log_level
+        self.failed_starts: dict[str, int] = {}
+        self.error: str | None = None
+        self.enabled = True
+
+    def launcher(self, name: str) -> Launcher:
+        if name not in self.launchers:
+            self.launchers[name] = get_launcher(name)
+        return self.launchers[name]
+
+    # ---- the cycle ----------------------------------------------------------------------------
+    async def cycle(self) -> None:
+        await self.watch()
+        if self.enabled and not self.tower.stopping:
+            await self.submit_needed()
+
+    async def watch(self) -> None:
+        """Ask each launcher about its live workers; end those the batch system says are gone."""
+        live = self.tower.store.workers(live_only=True)
+        by_launcher: dict[str, list[dict]] = {}
+        for row in live:
+            if row["launcher"] != "external" and row["batch_id"]:
+                by_launcher.setdefault(row["launcher"], []).append(row)
+        for name, rows in by_launcher.items():
+            try:
+                states = await asyncio.to_thread(self.launcher(name).status, [r["batch_id"] for r in rows])
+            except LauncherError as exc:
+                logger.warning("provisioner: %s", exc)
+                continue
+            for row in rows:
+                self.apply_batch_state(row, states.get(row["batch_id"], BatchState.UNKNOWN))
+        self.tower.flush()
+
+    def apply_batch_state(self, row: dict, state: BatchState) -> None:
+        worker_id = row["worker_id"]
+        if state is BatchState.QUEUED and row["state"] == "submitted":
+            self.tower.store.update_worker(worker_id, state="queued")
+        elif state is BatchState.RUNNING and row["state"] in ("submitted", "queued") and worker_id not in self.tower.workers:
+            self.tower.store.update_worker(worker_id, state="starting")
+        elif state.terminal:
+            never_started = row["started"] is None
+            final = {BatchState.DONE: "done", BatchState.CANCELLED: "cancelled"}.get(state, "failed")
+            if state is BatchState.UNKNOWN:
+                final = "lost"
+            self.tower.worker_ended(worker_id, final, f"batch job {row['batch_id']} is {state.value}")
+            queue = row["queue"] or ""
+            if never_started and final != "cancelled":
+                self.failed_starts[queue] = self.failed_starts.get(queue, 0) + 1
+                log = self.data_dir / "workers" / worker_id / f"{worker_id}.err"
+                logger.error("worker %s ended before it reached the tower; see %s", worker_id, log)
+                limit = next((q.max_failed_starts for q in self.queues if q.name == queue), 3)
+                if self.failed_starts[queue] >= limit:
+                    self.error = (f"{self.failed_starts[queue]} workers of queue {queue!r} in a row died before "
+                                  f"reaching the tower; last one's errors: {log}")
+                    self.enabled = False
+            elif not never_started:
+                self.failed_starts[queue] = 0
+
+    async def submit_needed(self) -> None:
+        if not len(self.tower.dispatcher):
+            return
+        live = self.tower.store.workers(live_only=True)
+        for queue in self.queues:
+            memory = queue.memory_per_rank_mb or 1 << 40
+            if not self.tower.dispatcher.fits_any(queue.cores_per_rank, memory):
+                continue
+            mine = [w for w in live if w["queue"] == queue.name]
+            waiting = [w for w in mine if w["state"] in ("submitted", "queued")]
+            if len(mine) >= queue.max_running or len(waiting) >= queue.max_queued:
+                continue
+            await self.submit(queue)
+
+    async def submit(self, queue: QueueConfig) -> str:
+        store = self.tower.store
+        n = int(store.get_meta("workers_submitted") or 0) + 1
+        store.set_meta("workers_submitted", str(n))
+        worker_id = f"{queue.name}-{n:05d}"
+        spec = self.worker_spec(queue, worker_id)
+        store.add_worker(worker_id, queue.launcher, queue.name, queue.nodes, queue.ranks,
+                         queue.ranks * queue.cores_per_rank, queue.walltime)
+        store.commit()
+        try:
+            batch_id = await asyncio.to_thread(self.launcher(queue.launcher).submit, spec)
+        except LauncherError as exc:
+            logger.error("provisioner: %s", exc)
+            store.update_worker(worker_id, state="failed", ended=time.time())
+            store.commit()
+            self.failed_starts[queue.name] = self.failed_starts.get(queue.name, 0) + 1
+            if self.failed_starts[queue.name] >= queue.max_failed_starts:
+                self.error, self.enabled = str(exc), False
+            return worker_id
+        store.update_worker(worker_id, batch_id=batch_id)
+        store.commit()
+        return worker_id
+
+    def worker_spec(self, queue: QueueConfig, worker_id: str) -> WorkerSpec:
+        command = [sys.executable, "-m", "hpc_edge", "worker", "--tower", self.tower.worker_address,
+                   "--worker-id", worker_id, "--cores-per-rank", str(queue.cores_per_rank),
+                   "--walltime-grace-s", str(queue.walltime_grace_s), "--log-level", self.log_level]
+        if queue.memory_per_rank_mb:
+            command += ["--memory-per-rank-mb", str(queue.memory_per_rank_mb)]
+        if queue.walltime:
+            command += ["--walltime-s", str(int(queue.walltime))]
+        if self.tower.cfg.curve:
+            command += ["--keys", str(self.data_dir / "keys")]
+        return WorkerSpec(
+            worker_id=worker_id, command=command, workdir=self.data_dir / "workers" / worker_id,
+            nodes=queue.nodes, ranks_per_node=queue.ranks_per_node, cores_per_rank=queue.cores_per_rank,
+            gpus_per_node=queue.gpus_per_node, walltime_s=int(queue.walltime or 86400),
+            job_name=f"hpc-edge-{worker_id}", account=queue.account, partition=queue.partition,
+            qos=queue.qos, setup_lines=queue.setup_lines, mpi_launch=queue.mpi_launch,
+            warning_signal_s=queue.warning_signal_s, extra_directives=queue.extra_directives)
+
+    # ---- ending -------------------------------------------------------------------------------
+    async def cancel_all(self, wait_s: float = 20.0) -> None:
+        rows = [r for r in self.tower.store.workers(live_only=True) if r["batch_id"] and r["launcher"] != "external"]
+        by_launcher: dict[str, list[str]] = {}
+        for row in rows:
+            by_launcher.setdefault(row["launcher"], []).append(row["batch_id"])
+        for name, ids in by_launcher.items():
+            launcher = self.launcher(name)
+            try:
+                await asyncio.to_thread(launcher.cancel, ids)
+                if hasattr(launcher, "wait"):
+                    await asyncio.to_thread(launcher.wait, ids, wait_s)
+            except LauncherError as exc:
+                logger.error("provisioner: %s", exc)
+        await self.watch()

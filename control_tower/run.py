@@ -1,0 +1,138 @@
+"""``hpc-edge run WORKLOAD``: a tower in-process, the local launcher, a progress bar, a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .provisioner import QueueConfig
+from .service import STORE_NAME, Service, ServiceError
+from .store import TERMINAL
+from .tower import TowerConfig
+from .workload import Workload
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    data_dir: Path
+    ranks: int = 2
+    cores_per_rank: int = 1
+    memory_per_rank_mb: int = 0
+    walltime: float | None = None
+    workers: int = 1
+    resume: bool = False
+    fresh: bool = False
+    progress: bool = True
+    log_level: str = "WARNING"
+
+
+def prepare_data_dir(opts: RunOptions) -> bool:
+    """Make the run's directory ready; True if an earlier store is resumed."""
+    store = opts.data_dir / STORE_NAME
+    if store.exists():
+        if opts.fresh:
+            shutil.rmtree(opts.data_dir)
+        elif not opts.resume:
+            raise ServiceError(f"{opts.data_dir} holds an earlier run; add --resume to finish it "
+                               f"or --fresh to start over")
+        else:
+            return True
+    elif opts.resume:
+        raise ServiceError(f"--resume: no earlier run in {opts.data_dir}")
+    return False
+
+
+def run_workload(workload: Workload, opts: RunOptions, console: Console) -> tuple[dict, int]:
+    """Run to the end; return the summary and the exit status (0 all finished, 1 some did not, 130 interrupted)."""
+    resumed = prepare_data_dir(opts)
+    queue = QueueConfig(name="local", launcher="local", ranks_per_node=opts.ranks,
+                        cores_per_rank=opts.cores_per_rank, memory_per_rank_mb=opts.memory_per_rank_mb,
+                        walltime=opts.walltime, max_running=opts.workers, max_queued=opts.workers)
+    service = Service(opts.data_dir, TowerConfig(exit_when_done=True, heartbeat_s=5.0), [queue],
+                      provision_interval_s=0.5, log_level=opts.log_level)
+    service.open()
+    try:
+        if not resumed:
+            service.add_workload(workload)
+        check_fits(service, queue)
+        started = time.monotonic()
+        asyncio.run(_serve(service, opts, console))
+        elapsed = time.monotonic() - started
+        summary = summarize(service, workload, elapsed, resumed)
+    finally:
+        service.close()
+    if service.provisioner.error:
+        raise ServiceError(service.provisioner.error)
+    if service.interrupted:
+        return summary, 130
+    return summary, 0 if summary["ok"] else 1
+
+
+def check_fits(service: Service, queue: QueueConfig) -> None:
+    for _, (name, spec) in service.tower.book.tasks.items():
+        if spec.cores > queue.cores_per_rank:
+            raise ServiceError(f"task {name!r} needs {spec.cores} cores per job but ranks have "
+                               f"{queue.cores_per_rank}; run with --cores-per-rank {spec.cores}")
+
+
+async def _serve(service: Service, opts: RunOptions, console: Console) -> None:
+    await service.start()
+    service.install_signal_handlers()
+    book = service.tower.book
+    total = sum(spec.n_jobs for _, spec in book.tasks.values())
+    if not opts.progress:
+        await service.serve(until_done=True)
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        handle = bar.add_task("jobs", total=total, detail="")
+        last = [0.0]
+
+        def tick():
+            now = time.monotonic()
+            if now - last[0] < 0.2:
+                return
+            last[0] = now
+            t = book.totals()
+            bar.update(handle, completed=sum(t[s] for s in TERMINAL),
+                       detail=f"running {t['running'] + t['sent']}  failed {t['failed']}")
+
+        await service.serve(until_done=True, tick=tick)
+        t = book.totals()
+        bar.update(handle, completed=sum(t[s] for s in TERMINAL), detail=f"failed {t['failed']}")
+
+
+def summarize(service: Service, workload: Workload, elapsed: float, resumed: bool) -> dict:
+    book = service.tower.book
+    tasks = book.task_summaries()
+    states = dict(book.totals())
+    n = sum(states.values())
+    return {
+        "workload": workload.name, "data_dir": str(service.data_dir), "resumed": resumed,
+        "elapsed_s": round(elapsed, 3), "jobs": n, "states": states,
+        "jobs_per_s": round(states.get("finished", 0) / elapsed, 1) if elapsed > 0 else None,
+        "tasks": tasks, "ok": states.get("finished", 0) == n,
+    }
+
+
+def summary_table(summary: dict) -> Table:
+    states = ["finished", "failed", "cancelled", "activated", "running"]
+    table = Table(title=f"{summary['workload']}: {summary['jobs']} jobs in {summary['elapsed_s']:.1f} s")
+    table.add_column("task")
+    table.add_column("jobs", justify="right")
+    for s in states:
+        table.add_column(s, justify="right")
+    for task in summary["tasks"]:
+        table.add_row(task["name"], str(task["jobs"]), *(str(task["states"].get(s, 0)) for s in states))
+    return table

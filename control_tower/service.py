@@ -1,0 +1,163 @@
+"""A tower as a running service: store + tower + provisioner + HTTP API in one asyncio loop.
+
+Used by ``hpc-edge run`` (in-process, ends when the workload is done) and by ``hpc-edge tower start``
+(a daemon on a login node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+
+from hpc_edge.keys import create_keys
+
+from .provisioner import Provisioner, QueueConfig
+from .store import Store
+from .tower import Tower, TowerConfig
+from .workload import Workload
+
+logger = logging.getLogger(__name__)
+
+STORE_NAME = "store.sqlite"
+INFO_NAME = "tower.json"
+TOKEN_NAME = "api.token"
+
+
+class ServiceError(Exception):
+    """The service cannot start (data directory, store, keys) or its work cannot go on."""
+
+
+def ensure_token(data_dir: Path) -> str:
+    path = data_dir / TOKEN_NAME
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+class Service:
+    def __init__(self, data_dir: Path, tower_config: TowerConfig, queues: list[QueueConfig],
+                 api_bind: str | None = "127.0.0.1:0", provision_interval_s: float = 1.0,
+                 log_level: str = "INFO"):
+        self.data_dir = Path(data_dir).resolve()
+        self.tower_config, self.queues = tower_config, queues
+        self.api_bind = api_bind
+        self.provision_interval_s = provision_interval_s
+        self.log_level = log_level
+        self.store = Store(self.data_dir / STORE_NAME)
+        self.tower: Tower | None = None
+        self.provisioner: Provisioner | None = None
+        self.api = None
+        self.interrupted = 0
+        self.stop_requested = False
+
+    # ---- setting up ---------------------------------------------------------------------------
+    def open(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.tower_config.curve:
+            create_keys(self.data_dir / "keys")
+        self.token = ensure_token(self.data_dir)
+        self.store.open()
+        self.tower = Tower(self.store, self.tower_config, self.data_dir)
+        self.tower.load()
+        self.provisioner = Provisioner(self.tower, self.queues, self.data_dir, log_level=self.log_level)
+
+    def add_workload(self, workload: Workload) -> list[int]:
+        """Store a workload's tasks (each once: a task already stored under this workload is kept)."""
+        ids = []
+        for task in workload.tasks:
+            if self.store.task_exists(workload.name, task.name):
+                raise ServiceError(f"task {task.name!r} of workload {workload.name!r} is already in this store")
+        for task in workload.tasks:
+            task_id = self.store.add_task(task, workload.name)
+            self.tower.book.add_task(task_id, task.name, task)
+            ids.append(task_id)
+        return ids
+
+    async def start(self) -> None:
+        await self.tower.start()
+        if self.api_bind:
+            from .api import start_api
+
+            self.api = await start_api(self, self.api_bind)
+        await self.provisioner.watch()  # workers of an earlier life that are gone: their jobs return
+        self.write_info()
+
+    def write_info(self) -> None:
+        info = {"pid": os.getpid(), "tower": self.tower.worker_address, "api": self.api.url if self.api else None,
+                "started": time.time(), "data_dir": str(self.data_dir)}
+        tmp = self.data_dir / f".{INFO_NAME}.tmp"
+        tmp.write_text(json.dumps(info, indent=1))
+        tmp.replace(self.data_dir / INFO_NAME)
+
+    async def cancel_worker(self, worker_id: str) -> bool:
+        """Cancel one worker's batch job (its jobs return to the pool when it is seen gone)."""
+        row = next((w for w in self.store.workers(live_only=True) if w["worker_id"] == worker_id), None)
+        if row is None or not row["batch_id"] or row["launcher"] == "external":
+            return False
+        await asyncio.to_thread(self.provisioner.launcher(row["launcher"]).cancel, [row["batch_id"]])
+        self.store.log("worker", worker_id=worker_id, detail="cancel requested by user")
+        return True
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self._on_interrupt)
+        loop.add_signal_handler(signal.SIGTERM, self._on_interrupt)
+
+    def _on_interrupt(self) -> None:
+        self.interrupted += 1
+        if self.interrupted == 1:
+            logger.warning("interrupted: stopping workers (their running jobs go back to the pool)")
+            self.stop_requested = True
+            self.tower.stopping = True
+            self.tower.stop_workers("tower shutting down")
+            self.tower.flush()
+
+    # ---- running ------------------------------------------------------------------------------
+    async def serve(self, until_done: bool, tick=None) -> None:
+        """Serve until interrupted, or (until_done) until every job is final and workers have left."""
+        next_cycle = 0.0
+        while True:
+            await self.tower.turn(timeout_ms=50)
+            now = time.monotonic()
+            if now >= next_cycle and not self.stop_requested:
+                await self.provisioner.cycle()
+                next_cycle = now + self.provision_interval_s
+            if tick:
+                tick()
+            if self.stop_requested or self.provisioner.error:
+                break
+            if until_done and self.tower.done() and not self.store.workers(live_only=True):
+                break
+        await self.shutdown()
+
+    async def shutdown(self, wait_s: float = 30.0) -> None:
+        """Stop workers (jobs they hold return to the pool), cancel what remains, close the store."""
+        self.tower.stop_workers("tower shutting down")
+        self.tower.flush()
+        deadline = time.monotonic() + wait_s
+        turns = 0
+        while self.tower.workers and time.monotonic() < deadline and self.interrupted < 2:
+            await self.tower.turn(timeout_ms=50)
+            turns += 1
+            if turns % 10 == 0:
+                await self.provisioner.watch()
+        await self.provisioner.cancel_all()
+        for row in self.store.workers(live_only=True):
+            self.tower.worker_ended(row["worker_id"], "cancelled", "tower shut down")
+        self.tower.flush()
+
+    def close(self) -> None:
+        if self.tower:
+            self.tower.close()
+        self.store.close()
+        info = self.data_dir / INFO_NAME
+        if info.exists():
+            info.unlink()

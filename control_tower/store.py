@@ -1,0 +1,249 @@
+"""The durable store: one SQLite file (WAL) owned by the tower process alone.
+
+Writes are queued by the tower's handlers and committed in one transaction per loop turn (group
+commit), before any reply that depends on them is sent. Job rows hold the summary of the latest
+dispatch; ``attempts`` keeps every dispatch; ``events`` is the log of state changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterable
+
+from .workload import TaskSpec, expand
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id INTEGER PRIMARY KEY, name TEXT NOT NULL, workload TEXT, spec TEXT NOT NULL,
+    priority INTEGER NOT NULL, n_jobs INTEGER NOT NULL, created REAL NOT NULL,
+    UNIQUE (workload, name));
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL, idx INTEGER NOT NULL, inputs TEXT,
+    state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 1, dispatch INTEGER NOT NULL DEFAULT 0,
+    worker_id TEXT, rank INTEGER, host TEXT, pid INTEGER, workdir TEXT,
+    exit_code INTEGER, signal INTEGER, error_code INTEGER, error_diag TEXT,
+    cpu_s REAL, wall_s REAL, max_rss_kb INTEGER, start_time REAL, end_time REAL, files TEXT,
+    updated REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_task_state ON jobs (task_id, state);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL, dispatch INTEGER NOT NULL, attempt INTEGER NOT NULL, worker_id TEXT,
+    state TEXT NOT NULL, rank INTEGER, host TEXT, exit_code INTEGER, signal INTEGER,
+    error_code INTEGER, error_diag TEXT, cpu_s REAL, wall_s REAL, max_rss_kb INTEGER,
+    start_time REAL, end_time REAL, PRIMARY KEY (job_id, dispatch));
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT PRIMARY KEY, launcher TEXT NOT NULL, queue TEXT, batch_id TEXT, state TEXT NOT NULL,
+    nodes INTEGER, ranks INTEGER, cores INTEGER, walltime_s REAL, submitted REAL, started REAL,
+    ends_at REAL, ended REAL, last_seen REAL, last_seq INTEGER NOT NULL DEFAULT 0, info TEXT);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, t REAL NOT NULL, kind TEXT NOT NULL, job_id INTEGER, worker_id TEXT,
+    detail TEXT);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
+"""
+
+TERMINAL = ("finished", "failed", "cancelled")
+JOB_FIELDS = ("worker_id", "rank", "host", "pid", "exit_code", "signal", "error_code", "error_diag",
+              "cpu_s", "wall_s", "max_rss_kb", "start_time", "end_time")
+
+
+class StoreError(Exception):
+    """The store file cannot be opened or is not an hpc-edge store."""
+
+
+class Store:
+    def __init__(self, path: Path, synchronous: str = "FULL"):
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.db: sqlite3.Connection | None = None
+        self._pending = 0
+
+    def open(self) -> "Store":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level="DEFERRED", check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={self.synchronous}")
+            self.db.execute("PRAGMA foreign_keys=OFF")
+            self.db.executescript(SCHEMA)
+            self.db.commit()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable hpc-edge store: {exc}") from exc
+        return self
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.commit()
+            self.db.close()
+            self.db = None
+
+    def commit(self) -> None:
+        self.db.commit()
+
+    # ---- tasks and jobs -------------------------------------------------------------------------
+    def add_task(self, spec: TaskSpec, workload: str, chunk: int = 50_000) -> int:
+        """Insert a task and all its jobs (activated), committed before returning."""
+        now = time.time()
+        cur = self.db.execute(
+            "INSERT INTO tasks (name, workload, spec, priority, n_jobs, created) VALUES (?,?,?,?,?,?)",
+            (spec.name, workload, spec.model_dump_json(), spec.priority, spec.n_jobs, now))
+        task_id = cur.lastrowid
+        rows = []
+        for job in expand(spec):
+            rows.append((task_id, job.index, None if job.inputs is None else json.dumps(job.inputs), now))
+            if len(rows) >= chunk:
+                self._insert_jobs(rows)
+                rows = []
+        self._insert_jobs(rows)
+        self.log("task", detail=f"task {spec.name} added with {spec.n_jobs} jobs")
+        self.commit()
+        return task_id
+
+    def _insert_jobs(self, rows: list[tuple]) -> None:
+        self.db.executemany(
+            "INSERT INTO jobs (task_id, idx, inputs, state, updated) VALUES (?,?,?,'activated',?)", rows)
+
+    def task_exists(self, workload: str, name: str) -> bool:
+        return self.db.execute("SELECT 1 FROM tasks WHERE workload=? AND name=?",
+                               (workload, name)).fetchone() is not None
+
+    def tasks(self) -> list[tuple[int, str, str | None, TaskSpec]]:
+        return [(tid, name, wl, TaskSpec.model_validate_json(spec)) for tid, name, wl, spec in
+                self.db.execute("SELECT task_id, name, workload, spec FROM tasks ORDER BY task_id")]
+
+    def job_states(self) -> Iterable[tuple[int, int, str, str | None]]:
+        """(job_id, task_id, state, worker_id) of every job, in id order."""
+        return self.db.execute("SELECT job_id, task_id, state, worker_id FROM jobs ORDER BY job_id")
+
+    def job_states_of(self, task_id: int) -> Iterable[tuple[int, int, str, str | None]]:
+        return self.db.execute("SELECT job_id, task_id, state, worker_id FROM jobs WHERE task_id=? ORDER BY job_id",
+                               (task_id,))
+
+    def jobs_for_dispatch(self, job_ids: list[int]) -> dict[int, tuple]:
+        """(task_id, idx, inputs, attempt, dispatch) of the given jobs."""
+        out = {}
+        for i in range(0, len(job_ids), 900):
+            part = job_ids[i:i + 900]
+            q = f"SELECT job_id, task_id, idx, inputs, attempt, dispatch FROM jobs WHERE job_id IN ({','.join('?' * len(part))})"
+            for job_id, task_id, idx, inputs, attempt, dispatch in self.db.execute(q, part):
+                out[job_id] = (task_id, idx, json.loads(inputs) if inputs else None, attempt, dispatch)
+        return out
+
+    def mark_sent(self, rows: list[tuple]) -> None:
+        """rows: (dispatch, worker_id, workdir, t, job_id)."""
+        self.db.executemany(
+            "UPDATE jobs SET state='sent', dispatch=?, worker_id=?, workdir=?, updated=?, exit_code=NULL,"
+            " signal=NULL, error_code=NULL, error_diag=NULL, start_time=NULL, end_time=NULL WHERE job_id=?",
+            rows)
+        self.db.executemany("INSERT INTO events (t, kind, job_id, worker_id, detail) VALUES (?, 'job', ?, ?, 'sent')",
+                            [(r[3], r[4], r[1]) for r in rows])
+
+    def set_job_state(self, job_id: int, state: str, t: float, fields: dict, attempt: int | None = None,
+                      note: str | None = None) -> None:
+        cols = {k: v for k, v in fields.items() if k in JOB_FIELDS}
+        if "files" in fields:
+            cols["files"] = json.dumps(fields["files"])
+        if attempt is not None:
+            cols["attempt"] = attempt
+        sets = ", ".join(f"{k}=?" for k in cols)
+        self.db.execute(f"UPDATE jobs SET state=?, updated=?{', ' + sets if sets else ''} WHERE job_id=?",
+                        (state, t, *cols.values(), job_id))
+        self.log("job", job_id=job_id, worker_id=fields.get("worker_id"), detail=note or state, t=t)
+
+    def record_attempt(self, job_id: int, dispatch: int, attempt: int, state: str, f: dict) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (job_id, dispatch, attempt, f.get("worker_id"), state, f.get("rank"), f.get("host"),
+             f.get("exit_code"), f.get("signal"), f.get("error_code"), f.get("error_diag"), f.get("cpu_s"),
+             f.get("wall_s"), f.get("max_rss_kb"), f.get("start_time"), f.get("end_time")))
+
+    def job(self, job_id: int) -> dict | None:
+        cur = self.db.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        out = dict(zip([c[0] for c in cur.description], row))
+        out["files"] = json.loads(out["files"]) if out["files"] else []
+        out["inputs"] = json.loads(out["inputs"]) if out["inputs"] else None
+        return out
+
+    def jobs(self, state: str | None = None, task_id: int | None = None, limit: int = 1000,
+             offset: int = 0) -> list[dict]:
+        where, args = [], []
+        if state:
+            where.append("state=?")
+            args.append(state)
+        if task_id:
+            where.append("task_id=?")
+            args.append(task_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        cur = self.db.execute(
+            f"SELECT job_id, task_id, idx, state, attempt, dispatch, worker_id, rank, host, exit_code,"
+            f" signal, error_code, error_diag, wall_s, cpu_s, max_rss_kb FROM jobs {clause}"
+            f" ORDER BY job_id LIMIT ? OFFSET ?", (*args, limit, offset))
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+    def attempts(self, job_id: int) -> list[dict]:
+        cur = self.db.execute("SELECT * FROM attempts WHERE job_id=? ORDER BY dispatch", (job_id,))
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+    def count_by_state(self) -> dict[int, dict[str, int]]:
+        out: dict[int, dict[str, int]] = {}
+        for task_id, state, n in self.db.execute("SELECT task_id, state, count(*) FROM jobs GROUP BY 1, 2"):
+            out.setdefault(task_id, {})[state] = n
+        return out
+
+    # ---- workers ------------------------------------------------------------------------------
+    def add_worker(self, worker_id: str, launcher: str, queue: str | None, nodes: int, ranks: int,
+                   cores: int, walltime_s: float | None) -> None:
+        self.db.execute(
+            "INSERT INTO workers (worker_id, launcher, queue, state, nodes, ranks, cores, walltime_s,"
+            " submitted) VALUES (?,?,?,?,?,?,?,?,?)",
+            (worker_id, launcher, queue, "submitted", nodes, ranks, cores, walltime_s, time.time()))
+        self.log("worker", worker_id=worker_id, detail="submitted")
+
+    def workers_has(self, worker_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM workers WHERE worker_id=?", (worker_id,)).fetchone() is not None
+
+    def update_worker(self, worker_id: str, **fields) -> None:
+        if "info" in fields:
+            fields["info"] = json.dumps(fields["info"])
+        sets = ", ".join(f"{k}=?" for k in fields)
+        self.db.execute(f"UPDATE workers SET {sets} WHERE worker_id=?", (*fields.values(), worker_id))
+        if "state" in fields:
+            self.log("worker", worker_id=worker_id, detail=fields["state"])
+
+    def workers(self, live_only: bool = False) -> list[dict]:
+        clause = "WHERE state NOT IN ('done','failed','cancelled','lost')" if live_only else ""
+        cur = self.db.execute(f"SELECT * FROM workers {clause} ORDER BY submitted")
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+    # ---- log ----------------------------------------------------------------------------------
+    def log(self, kind: str, job_id: int | None = None, worker_id: str | None = None,
+            detail: str | None = None, t: float | None = None) -> None:
+        self.db.execute("INSERT INTO events (t, kind, job_id, worker_id, detail) VALUES (?,?,?,?,?)",
+                        (t or time.time(), kind, job_id, worker_id, detail))
+
+    def events(self, job_id: int | None = None, limit: int = 200) -> list[dict]:
+        if job_id is None:
+            cur = self.db.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            cur = self.db.execute("SELECT * FROM events WHERE job_id=? ORDER BY id LIMIT ?", (job_id, limit))
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))

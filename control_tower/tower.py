@@ -1,0 +1,299 @@
+"""The control tower: one asyncio service owning the store, the dispatcher and the relays' socket.
+
+Each turn of the loop reads every message that has arrived, handles it (changes go to memory and to
+the open store transaction), commits once, and only then sends the replies: nothing is acknowledged
+before it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpc_edge import protocol as p
+from hpc_edge.errors import ErrorCode, ProtocolError
+
+from .dispatcher import Dispatcher
+from .jobs import JobBook
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class TowerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bind: str = Field(default="tcp://127.0.0.1:0", description="where relays connect (ZeroMQ)")
+    advertise: str | None = Field(default=None, description="address given to workers, if not the bound one")
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    lost_after_s: float = Field(default=120.0, gt=0)
+    walltime_margin_s: float = Field(default=60.0, ge=0)
+    idle_drain_s: float = Field(default=60.0, ge=0, description="a worker idle this long is drained")
+    exit_when_done: bool = False
+    curve: bool = True
+
+
+@dataclass
+class LiveWorker:
+    worker_id: str
+    identity: bytes | None = None
+    ranks: list = field(default_factory=list)
+    last_seen: float = 0.0
+    last_seq: int = 0
+    idle_since: float | None = None
+    commands: list = field(default_factory=list)
+    said_bye: bool = False
+
+
+class Tower:
+    def __init__(self, store: Store, config: TowerConfig, data_dir: Path, ctx: zmq.asyncio.Context | None = None):
+        self.store, self.cfg, self.data_dir = store, config, Path(data_dir)
+        self.ctx = ctx or zmq.asyncio.Context.instance()
+        self.dispatcher = Dispatcher(config.walltime_margin_s)
+        self.book = JobBook(store, self.dispatcher, data_dir / "jobs")
+        self.workers: dict[str, LiveWorker] = {}
+        self.rejected: Counter = Counter()
+        self.sock = None
+        self.address = ""
+        self.stopping = False
+        self.on_worker_gone = []  # callbacks(worker_id) after a worker said bye or was lost
+        self._auth = None
+        self._outbox: list[tuple[bytes, bytes]] = []
+        self.started = time.time()
+        self.stats = Counter()
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def load(self) -> None:
+        self.book.load()
+        for row in self.store.workers(live_only=True):
+            live = LiveWorker(row["worker_id"], last_seen=time.monotonic(), last_seq=row["last_seq"])
+            live.ranks = json.loads(row["info"] or "{}").get("ranks", [])
+            self.workers[row["worker_id"]] = live
+
+    async def start(self) -> None:
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if self.cfg.curve:
+            self._start_auth()
+        bind = self.cfg.bind
+        if bind.endswith(":0"):
+            port = self.sock.bind_to_random_port(bind[:-2])
+            self.address = f"{bind[:-2]}:{port}"
+        else:
+            self.sock.bind(bind)
+            self.address = bind
+        logger.info("tower listening for relays on %s (CURVE %s)", self.address, "on" if self.cfg.curve else "off")
+
+    def _start_auth(self) -> None:
+        from zmq.auth.asyncio import AsyncioAuthenticator
+
+        from hpc_edge.keys import SERVER, load_keypair
+
+        keys = self.data_dir / "keys"
+        self._auth = AsyncioAuthenticator(self.ctx)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(keys / "clients"))
+        public, secret = load_keypair(keys, SERVER)
+        self.sock.curve_server = True
+        self.sock.curve_publickey, self.sock.curve_secretkey = public, secret
+
+    @property
+    def worker_address(self) -> str:
+        return self.cfg.advertise or self.address
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        if self._auth is not None:
+            self._auth.stop()
+
+    async def serve(self, until=None) -> None:
+        """Serve relays until stop() or ``until()`` is true."""
+        while not self.stopping and not (until and until()):
+            await self.turn(timeout_ms=200)
+
+    async def turn(self, timeout_ms: int = 200) -> None:
+        """One turn: read everything waiting, handle it, commit, reply."""
+        if await self.sock.poll(timeout_ms, zmq.POLLIN):
+            for _ in range(5000):
+                try:
+                    identity, data = await self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    break
+                except ValueError:
+                    self.rejected["framing"] += 1
+                    continue
+                self.handle_message(identity, data)
+        self.expire_lost_workers()
+        self.flush()
+
+    def flush(self) -> None:
+        """Commit, then send what waits for the commit."""
+        self.store.commit()
+        outbox, self._outbox = self._outbox, []
+        for identity, data in outbox:
+            try:
+                self.sock.send_multipart([identity, data], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                logger.warning("reply to %r not sent: %s", identity, exc)
+
+    def reply(self, identity: bytes, message) -> None:
+        self._outbox.append((identity, p.encode(message)))
+
+    # ---- messages ------------------------------------------------------------------------------
+    def handle_message(self, identity: bytes, data: bytes) -> None:
+        self.stats["messages"] += 1
+        try:
+            message = p.decode(data)
+        except ProtocolError as exc:
+            self.reject(identity, str(exc))
+            return
+        handler = getattr(self, f"handle_{message.kind}", None)
+        if handler is None:
+            self.reject(identity, f"a relay may not send {message.kind!r} messages")
+            return
+        worker_id = identity.decode(errors="replace")
+        if message.kind != "hello" and worker_id not in self.workers:
+            self.reject(identity, f"unknown worker {worker_id!r}: say hello first")
+            return
+        handler(identity, message)
+
+    def reject(self, identity: bytes, error: str) -> None:
+        self.rejected["messages"] += 1
+        logger.warning("rejected a message from %r: %s", identity[:64], error)
+        self.reply(identity, p.Reject(error=error[:1000]))
+
+    def handle_hello(self, identity: bytes, m: p.Hello) -> None:
+        if identity.decode(errors="replace") != m.worker_id:
+            self.reject(identity, "hello: worker_id does not match the connection's identity")
+            return
+        live = self.workers.get(m.worker_id)
+        if live is None:
+            live = self.workers[m.worker_id] = LiveWorker(m.worker_id)
+            if not self.store.workers_has(m.worker_id):
+                self.store.add_worker(m.worker_id, "external", None, len({r.host for r in m.ranks}),
+                                      len(m.ranks), sum(r.cores for r in m.ranks), None)
+        live.identity, live.ranks, live.last_seen = identity, m.ranks, time.monotonic()
+        live.said_bye = False
+        fields = {"batch_id": m.batch_id} if m.batch_id else {}
+        self.store.update_worker(m.worker_id, state="running", started=time.time(), ends_at=m.ends_at,
+                                 last_seen=time.time(), info={"ranks": [r.model_dump() for r in m.ranks]}, **fields)
+        release = self.book.reconcile(m.worker_id, set(m.holding))
+        self.reply(identity, p.Welcome(worker_id=m.worker_id, heartbeat_s=self.cfg.heartbeat_s,
+                                       last_seq=live.last_seq, release=release))
+
+    def handle_request(self, identity: bytes, m: p.Request) -> None:
+        live = self.seen(identity)
+        specs = []
+        if not self.stopping:
+            specs = self.book.dispatch(live.worker_id, m.cores, m.max_job_cores, m.max_job_memory_mb, m.remaining_s)
+        if specs:
+            live.idle_since = None
+            self.reply(identity, p.Work(req=m.req, jobs=specs))
+            return
+        now = time.monotonic()
+        if live.idle_since is None:
+            live.idle_since = now
+        holding = self.book.held_by(live.worker_id)
+        drain = self.stopping or (not holding and not len(self.dispatcher) and (
+            self.cfg.exit_when_done or now - live.idle_since >= self.cfg.idle_drain_s))
+        drain = drain or (not holding and not self.dispatcher.fits_any(m.max_job_cores, m.max_job_memory_mb)
+                          and self.cfg.exit_when_done)
+        self.reply(identity, p.NoWork(req=m.req, retry_s=0.2 if holding else 1.0, drain=drain))
+
+    def handle_update(self, identity: bytes, m: p.Update) -> None:
+        live = self.seen(identity)
+        if m.seq <= live.last_seq:
+            self.stats["duplicate_updates"] += 1
+        else:
+            for event in m.events:
+                self.book.apply(live.worker_id, event)
+            live.last_seq = m.seq
+            self.store.update_worker(live.worker_id, last_seq=m.seq, last_seen=time.time())
+        self.reply(identity, p.Ack(seq=m.seq, commands=self.take_commands(live)))
+
+    def handle_heartbeat(self, identity: bytes, m: p.Heartbeat) -> None:
+        live = self.seen(identity)
+        self.reply(identity, p.Ack(seq=0, commands=self.take_commands(live)))
+
+    def handle_bye(self, identity: bytes, m: p.Bye) -> None:
+        live = self.seen(identity)
+        live.said_bye = True
+        self.worker_ended(live.worker_id, "done", f"said bye: {m.reason}")
+
+    def seen(self, identity: bytes) -> LiveWorker:
+        live = self.workers[identity.decode()]
+        live.identity = identity
+        live.last_seen = time.monotonic()
+        return live
+
+    def take_commands(self, live: LiveWorker) -> list:
+        commands, live.commands = live.commands, []
+        return commands
+
+    # ---- workers ------------------------------------------------------------------------------
+    def command(self, worker_id: str, command: p.Command) -> None:
+        """Send a command to a worker now (pushed on its connection), or on its next message."""
+        live = self.workers.get(worker_id)
+        if live is None:
+            return
+        if live.identity is not None:
+            self.reply(live.identity, p.Ack(seq=0, commands=[command]))
+        else:
+            live.commands.append(command)
+
+    def stop_workers(self, reason: str) -> None:
+        for worker_id in list(self.workers):
+            self.command(worker_id, p.Command(action="stop", reason=reason))
+
+    def worker_ended(self, worker_id: str, state: str, why: str) -> None:
+        """A worker is gone: its jobs go back to the pool (not the payloads' fault)."""
+        self.workers.pop(worker_id, None)
+        code = ErrorCode.WORKER_STOPPED if state == "done" else ErrorCode.LOST_WORKER
+        n = self.book.release_worker(worker_id, code, f"worker {worker_id} {state}: {why}")
+        self.store.update_worker(worker_id, state=state, ended=time.time())
+        logger.info("worker %s %s (%s); %d jobs returned to the pool", worker_id, state, why, n)
+        for callback in self.on_worker_gone:
+            callback(worker_id)
+
+    def expire_lost_workers(self) -> None:
+        now = time.monotonic()
+        for live in list(self.workers.values()):
+            if now - live.last_seen > self.cfg.lost_after_s:
+                self.worker_ended(live.worker_id, "lost", f"no message for {self.cfg.lost_after_s:.0f} s")
+
+    # ---- user actions -------------------------------------------------------------------------
+    def kill_jobs(self, job_ids: list[int], reason: str = "killed by user") -> dict[str, int]:
+        result = self.book.kill(job_ids, reason)
+        for worker_id, ids in result.pop("by_worker").items():
+            self.command(worker_id, p.Command(action="kill", job_ids=ids, reason=reason))
+        return result
+
+    def done(self) -> bool:
+        """Whether every job has reached a final state."""
+        return self.book.all_final()
+
+    def status(self) -> dict:
+        return {
+            "address": self.worker_address, "uptime_s": round(time.time() - self.started, 1),
+            "ready": len(self.dispatcher), "tasks": self.book.task_summaries(),
+            "totals": dict(self.book.totals()), "workers": len(self.workers),
+            "rejected": dict(self.rejected), "stats": dict(self.stats),
+        }
+
+
+async def run_tower_until(tower: Tower, predicate, interval_ms: int = 200) -> None:
+    while not tower.stopping and not predicate():
+        await tower.turn(interval_ms)
+        await asyncio.sleep(0)

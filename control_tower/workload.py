@@ -1,0 +1,202 @@
+"""Workload files: YAML describing tasks, validated with pydantic, expanded into jobs.
+
+A typo is an error that names the key, the file and the line. Commands may use the placeholders
+``{index}``, ``{inputs}``, ``{job_id}``, ``{attempt}`` and ``{task}``; ``{index}`` and ``{inputs}``
+are fixed when a task is expanded, ``{job_id}`` and ``{attempt}`` when a job is dispatched.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PLACEHOLDERS = ("index", "inputs", "job_id", "attempt", "task")
+_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_DURATION = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{2})$|^(\d+(?:\.\d+)?)\s*([smhd]?)$")
+
+
+class WorkloadError(ValueError):
+    """A workload file is malformed; the message names the file, the line and the key."""
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 90, "90", "90s", "30m", "2h", "1d", "01:30:00" or "30:00"."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be seconds or a string like 30m or 01:30:00")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value).strip())
+        if not m:
+            raise ValueError(f"{value!r} is not a duration (use seconds, 30m, 2h or HH:MM:SS)")
+        if m.group(4) is not None:
+            seconds = float(m.group(4)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(5)]
+        else:
+            seconds = int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + int(m.group(3))
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+def check_relative_path(name: str) -> str:
+    """An output name must stay inside the job's directory."""
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or ".." in path.parts or "\x00" in name:
+        raise ValueError(f"output {name!r} must be a relative path inside the job's directory")
+    return name
+
+
+class TaskSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    command: str = Field(min_length=1)
+    count: int | None = Field(default=None, ge=1, le=100_000_000)
+    inputs: list[str] | None = Field(default=None, min_length=1)
+    files_per_job: int = Field(default=1, ge=1)
+    cores: int = Field(default=1, ge=1, le=4096)
+    memory_mb: int = Field(default=0, ge=0)
+    walltime: float = Field(default=3600.0, description="walltime estimate of one job")
+    env: dict[str, str] = Field(default_factory=dict)
+    outputs: list[str] = Field(default_factory=list)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    priority: int = 0
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _walltime(cls, v):
+        return parse_duration(v)
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, v):
+        return [check_relative_path(name) for name in v]
+
+    @field_validator("command")
+    @classmethod
+    def _placeholders(cls, v):
+        unknown = sorted({m for m in _PLACEHOLDER.findall(v) if m not in PLACEHOLDERS})
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}} (known: "
+                             + ", ".join("{%s}" % p for p in PLACEHOLDERS) + ")")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v):
+        for key in v:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+                raise ValueError(f"environment variable name {key!r} is not valid")
+        return v
+
+    @model_validator(mode="after")
+    def _count_or_inputs(self):
+        if (self.count is None) == (self.inputs is None):
+            raise ValueError("give exactly one of 'count' or 'inputs'")
+        return self
+
+    @property
+    def n_jobs(self) -> int:
+        if self.count is not None:
+            return self.count
+        return math.ceil(len(self.inputs) / self.files_per_job)
+
+    def job_inputs(self, index: int) -> list[str] | None:
+        if self.inputs is None:
+            return None
+        return self.inputs[index * self.files_per_job:(index + 1) * self.files_per_job]
+
+
+class Workload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="workload", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    tasks: list[TaskSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        seen = set()
+        for task in self.tasks:
+            if task.name in seen:
+                raise ValueError(f"two tasks are named {task.name!r}")
+            seen.add(task.name)
+        return self
+
+
+@dataclass(frozen=True)
+class JobTemplate:
+    """What a job adds to its task: its index and its inputs."""
+
+    index: int
+    inputs: list[str] | None
+
+
+def expand(task: TaskSpec):
+    """The jobs of a task, in index order (a generator: millions of jobs stay cheap)."""
+    for index in range(task.n_jobs):
+        yield JobTemplate(index, task.job_inputs(index))
+
+
+def render_command(template: str, *, index: int, inputs: list[str] | None, job_id: int, attempt: int,
+                   task: str) -> str:
+    values = {"index": str(index), "inputs": " ".join(inputs or ()), "job_id": str(job_id),
+              "attempt": str(attempt), "task": task}
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def _key_lines(node, path=(), out=None) -> dict[tuple, int]:
+    """Line number (1-based) of every key and item in a composed YAML tree."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = path + (key.value,)
+            out[sub] = key.start_mark.line + 1
+            _key_lines(value, sub, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[path + (i,)] = item.start_mark.line + 1
+            _key_lines(item, path + (i,), out)
+    return out
+
+
+def parse_workload(text: str, source: str = "<workload>") -> Workload:
+    """Validate a workload's YAML text; WorkloadError names source, line and key."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise WorkloadError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise WorkloadError(f"{source}: a workload is a mapping with a 'tasks' list")
+    try:
+        return Workload.model_validate(data)
+    except ValidationError as exc:
+        raise WorkloadError(format_validation_error(exc, source, _key_lines(node))) from exc
+
+
+def format_validation_error(exc: ValidationError, source: str, lines: dict[tuple, int]) -> str:
+    messages = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key '{loc[-1]}'"
+        messages.append(f"{source}:{line or '?'}: {where}: {msg}")
+    return "\n".join(messages)
+
+
+def load_workload(path: str | Path) -> Workload:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise WorkloadError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse_workload(text, str(path))

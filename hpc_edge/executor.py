@@ -1,0 +1,263 @@
+"""Runs payloads on the cores one rank owns.
+
+Each payload runs in its own working directory and process group (its own session), with stdout and
+stderr in files there; its exit code or signal, wall and CPU time and max RSS are recorded from
+``wait4``. Several payloads run side by side when cores allow; a 4-core payload waits for 4 free
+cores (first fit over the local queue, so small payloads backfill behind it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ErrorCode
+from .protocol import FileInfo, JobEvent, JobSpec
+
+logger = logging.getLogger(__name__)
+
+STDOUT_NAME = "payload.stdout"
+STDERR_NAME = "payload.stderr"
+KILL_GRACE_S = 5.0
+_SHELL_CHARS = set("|&;<>()$`\\\"'*?[]#~=%{}\n")
+
+
+def payload_argv(command: str) -> list[str]:
+    """A command string as argv: exec'd directly when it needs no shell, else through /bin/sh -c."""
+    if _SHELL_CHARS.isdisjoint(command):
+        argv = command.split()
+        if argv:
+            return argv
+    return ["/bin/sh", "-c", command]
+
+
+@dataclass
+class Running:
+    spec: JobSpec
+    proc: subprocess.Popen
+    start_time: float
+    start_mono: float
+    stop_reason: ErrorCode | None = None
+    stop_diag: str = ""
+    sigterm_at: float | None = None
+
+
+@dataclass
+class Executor:
+    """Payload slots of one rank: ``add`` work, then call ``step`` in the rank's loop."""
+
+    rank: int
+    cores: int
+    memory_mb: int
+    host: str = field(default_factory=socket.gethostname)
+    base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def __post_init__(self):
+        self.queue: deque[JobSpec] = deque()
+        self.running: dict[int, Running] = {}  # pid -> Running
+        self.free_cores = self.cores
+        self.free_memory_mb = self.memory_mb
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    # ---- the loop's steps -------------------------------------------------------------------
+    def add(self, specs: list[JobSpec]) -> None:
+        self.queue.extend(specs)
+
+    def step(self) -> list[JobEvent]:
+        """Reap what ended, start what fits; return the events to report."""
+        events = self.reap()
+        events.extend(self.start_ready())
+        self.escalate_kills()
+        return events
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and not self.running
+
+    @property
+    def load_cores(self) -> int:
+        """Cores of all the work this rank holds (queued and running)."""
+        return sum(s.cores for s in self.queue) + (self.cores - self.free_cores)
+
+    def wakeup_fd(self) -> int:
+        """An fd that becomes readable when a payload ends (install_sigchld_wakeup first)."""
+        return self._wake_r
+
+    def install_sigchld_wakeup(self) -> None:
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a payload ends or the timeout passes."""
+        select.select([self._wake_r], [], [], timeout)
+        self.drain_wakeups()
+
+    def drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # ---- starting -----------------------------------------------------------------------------
+    def start_ready(self) -> list[JobEvent]:
+        events: list[JobEvent] = []
+        if not self.queue or self.free_cores <= 0:
+            return events
+        kept: deque[JobSpec] = deque()
+        while self.queue:
+            spec = self.queue.popleft()
+            if spec.cores <= self.free_cores and spec.memory_mb <= self.free_memory_mb:
+                events.append(self.start(spec))
+            else:
+                kept.append(spec)
+            if self.free_cores == 0:
+                break
+        kept.extend(self.queue)
+        self.queue = kept
+        return events
+
+    def start(self, spec: JobSpec) -> JobEvent:
+        now = time.time()
+        workdir = Path(spec.workdir)
+        env = {
+            **self.base_env, **spec.env,
+            "HPC_EDGE_JOB_ID": str(spec.job_id), "HPC_EDGE_TASK_ID": str(spec.task_id),
+            "HPC_EDGE_ATTEMPT": str(spec.attempt), "HPC_EDGE_CORES": str(spec.cores),
+            "HPC_EDGE_RANK": str(self.rank), "OMP_NUM_THREADS": str(spec.cores),
+        }
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            with open(workdir / STDOUT_NAME, "wb") as out, open(workdir / STDERR_NAME, "wb") as err:
+                proc = subprocess.Popen(
+                    payload_argv(spec.command), cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=err, start_new_session=True,
+                )
+        except OSError as exc:
+            logger.warning("rank %d: job %d could not start: %s", self.rank, spec.job_id, exc)
+            return self._event(spec, "failed", now, start_time=now, end_time=now,
+                               error_code=ErrorCode.START_FAILED, error_diag=f"could not start: {exc}")
+        self.running[proc.pid] = Running(spec, proc, now, time.monotonic())
+        self.free_cores -= spec.cores
+        self.free_memory_mb -= spec.memory_mb
+        return self._event(spec, "running", now, pid=proc.pid, start_time=now)
+
+    # ---- ending -------------------------------------------------------------------------------
+    def reap(self) -> list[JobEvent]:
+        events: list[JobEvent] = []
+        while self.running:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            run = self.running.pop(pid, None)
+            if run is None:
+                continue
+            run.proc.returncode = os.waitstatus_to_exitcode(status)
+            self.free_cores += run.spec.cores
+            self.free_memory_mb += run.spec.memory_mb
+            events.append(self._ended(run, run.proc.returncode, usage))
+        return events
+
+    def _ended(self, run: Running, code: int, usage) -> JobEvent:
+        spec = run.spec
+        end = time.time()
+        measures = dict(
+            pid=run.proc.pid, start_time=run.start_time, end_time=end,
+            wall_s=round(time.monotonic() - run.start_mono, 6),
+            cpu_s=round(usage.ru_utime + usage.ru_stime, 6), max_rss_kb=int(usage.ru_maxrss),
+        )
+        exit_code, sig = (code, None) if code >= 0 else (None, -code)
+        if run.stop_reason is not None:
+            state = "cancelled" if run.stop_reason is ErrorCode.KILLED_BY_USER else "preempted"
+            return self._event(spec, state, end, exit_code=exit_code, signal=sig,
+                               error_code=run.stop_reason, error_diag=run.stop_diag, **measures)
+        if sig is not None:
+            return self._event(spec, "failed", end, signal=sig, error_code=ErrorCode.KILLED_BY_SIGNAL,
+                               error_diag=f"killed by signal {sig} ({_signame(sig)})", **measures)
+        if exit_code != 0:
+            return self._event(spec, "failed", end, exit_code=exit_code, error_code=ErrorCode.NONZERO_EXIT,
+                               error_diag=f"exited with code {exit_code}", **measures)
+        files, problem = check_outputs(Path(spec.workdir), spec.outputs)
+        if problem is not None:
+            code_, diag = problem
+            return self._event(spec, "failed", end, exit_code=0, error_code=code_, error_diag=diag,
+                               files=files, **measures)
+        return self._event(spec, "finished", end, exit_code=0, files=files, **measures)
+
+    def kill(self, job_ids: set[int], reason: ErrorCode, diag: str) -> list[JobEvent]:
+        """Stop these jobs: queued ones end at once, running ones get SIGTERM then SIGKILL."""
+        events = [self._event(s, _stop_state(reason), time.time(), error_code=reason, error_diag=diag)
+                  for s in self.queue if s.job_id in job_ids]
+        self.queue = deque(s for s in self.queue if s.job_id not in job_ids)
+        for run in self.running.values():
+            if run.spec.job_id in job_ids and run.stop_reason is None:
+                run.stop_reason, run.stop_diag = reason, diag
+                run.sigterm_at = time.monotonic()
+                _killpg(run.proc.pid, signal.SIGTERM)
+        return events
+
+    def kill_all(self, reason: ErrorCode, diag: str) -> list[JobEvent]:
+        ids = {s.job_id for s in self.queue} | {r.spec.job_id for r in self.running.values()}
+        return self.kill(ids, reason, diag)
+
+    def escalate_kills(self) -> None:
+        now = time.monotonic()
+        for run in self.running.values():
+            if run.sigterm_at is not None and now - run.sigterm_at > KILL_GRACE_S:
+                _killpg(run.proc.pid, signal.SIGKILL)
+
+    def hard_kill_all(self) -> None:
+        """Last resort on exit: SIGKILL every payload group so none outlives its rank."""
+        for pid in list(self.running):
+            _killpg(pid, signal.SIGKILL)
+
+    def _event(self, spec: JobSpec, state: str, t: float, **kw) -> JobEvent:
+        return JobEvent(job_id=spec.job_id, dispatch=spec.dispatch, state=state, t=t,
+                        rank=self.rank, host=self.host, **kw)
+
+
+def check_outputs(workdir: Path, outputs: list[str]) -> tuple[list[FileInfo], tuple[ErrorCode, str] | None]:
+    """Sizes of the expected outputs, and the first problem with them (missing or empty)."""
+    files: list[FileInfo] = []
+    for name in outputs:
+        path = workdir / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return files, (ErrorCode.OUTPUT_MISSING, f"expected output {name} is missing")
+        files.append(FileInfo(name=name, size=size))
+        if size == 0:
+            return files, (ErrorCode.OUTPUT_EMPTY, f"expected output {name} is empty")
+    return files, None
+
+
+def _stop_state(reason: ErrorCode) -> str:
+    return "cancelled" if reason is ErrorCode.KILLED_BY_USER else "preempted"
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return "unknown"

@@ -1,0 +1,192 @@
+"""The wire protocol between a relay (rank 0 of an MPI job) and the control tower.
+
+Messages are small typed records, versioned, encoded with msgpack and validated on receipt. A
+malformed message raises ProtocolError naming what is wrong; nothing is ever unpickled.
+
+    hello -> welcome            request -> work | no_work
+    update(seq) -> ack(seq)     heartbeat -> ack           bye
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Literal, Union
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from .errors import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+VERSION = 1
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+JobState = Literal["running", "finished", "failed", "preempted", "cancelled"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class RankInfo(_Record):
+    rank: int = Field(ge=0)
+    host: str = Field(max_length=255)
+    cores: int = Field(ge=1)
+    memory_mb: int = Field(ge=0)
+    gpus: int = Field(default=0, ge=0)
+
+
+class JobSpec(_Record):
+    """One payload to run, as a rank needs it."""
+
+    job_id: int = Field(ge=1)
+    task_id: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+    dispatch: int = Field(ge=1)
+    command: str = Field(min_length=1)
+    cores: int = Field(ge=1)
+    memory_mb: int = Field(ge=0)
+    walltime_s: float = Field(gt=0)
+    workdir: str
+    env: dict[str, str] = Field(default_factory=dict)
+    outputs: list[str] = Field(default_factory=list)
+
+
+class FileInfo(_Record):
+    name: str
+    size: int = Field(ge=0)
+
+
+class JobEvent(_Record):
+    """A change of a job's state on a node."""
+
+    job_id: int = Field(ge=1)
+    dispatch: int = Field(ge=1)
+    state: JobState
+    t: float
+    rank: int | None = None
+    host: str | None = None
+    pid: int | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    error_code: int | None = None
+    error_diag: str | None = Field(default=None, max_length=4096)
+    cpu_s: float | None = None
+    wall_s: float | None = None
+    max_rss_kb: int | None = None
+    files: list[FileInfo] = Field(default_factory=list)
+
+
+class Command(_Record):
+    action: Literal["kill", "drain", "stop"]
+    job_ids: list[int] = Field(default_factory=list)
+    reason: str = ""
+
+
+class _Message(_Record):
+    v: int = VERSION
+
+
+class Hello(_Message):
+    kind: Literal["hello"] = "hello"
+    worker_id: str = Field(min_length=1, max_length=128)
+    batch_id: str | None = None
+    ranks: list[RankInfo] = Field(min_length=1)
+    ends_at: float | None = None
+    holding: list[int] = Field(default_factory=list)
+    last_seq: int = Field(default=0, ge=0)
+
+
+class Welcome(_Message):
+    kind: Literal["welcome"] = "welcome"
+    worker_id: str
+    heartbeat_s: float
+    last_seq: int = 0
+    release: list[int] = Field(default_factory=list)
+
+
+class Request(_Message):
+    kind: Literal["request"] = "request"
+    req: int = Field(ge=0)
+    cores: int = Field(ge=1)
+    max_job_cores: int = Field(ge=1)
+    max_job_memory_mb: int = Field(ge=0)
+    remaining_s: float | None = None
+
+
+class Work(_Message):
+    kind: Literal["work"] = "work"
+    req: int
+    jobs: list[JobSpec]
+
+
+class NoWork(_Message):
+    kind: Literal["no_work"] = "no_work"
+    req: int
+    retry_s: float = 1.0
+    drain: bool = False
+
+
+class Update(_Message):
+    kind: Literal["update"] = "update"
+    seq: int = Field(ge=1)
+    events: list[JobEvent] = Field(min_length=1)
+
+
+class Ack(_Message):
+    kind: Literal["ack"] = "ack"
+    seq: int = 0
+    commands: list[Command] = Field(default_factory=list)
+
+
+class Heartbeat(_Message):
+    kind: Literal["heartbeat"] = "heartbeat"
+    running: int = Field(default=0, ge=0)
+    last_seq: int = Field(default=0, ge=0)
+
+
+class Bye(_Message):
+    kind: Literal["bye"] = "bye"
+    reason: str = ""
+
+
+class Reject(_Message):
+    """The tower's answer to a message it could not accept."""
+
+    kind: Literal["reject"] = "reject"
+    error: str
+
+
+Message = Annotated[
+    Union[Hello, Welcome, Request, Work, NoWork, Update, Ack, Heartbeat, Bye, Reject],
+    Field(discriminator="kind"),
+]
+_ADAPTER: TypeAdapter = TypeAdapter(Message)
+
+
+def encode(message: _Message) -> bytes:
+    return msgpack.packb(message.model_dump(exclude_defaults=False), use_bin_type=True)
+
+
+def decode(data: bytes) -> _Message:
+    """Bytes to a validated message; ProtocolError names what is wrong."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: every decoder failure is a rejection
+
+        raise ProtocolError(f"not a msgpack record: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"message must be a map, got {type(raw).__name__}")
+    if raw.get("v") != VERSION:
+        raise ProtocolError(f"unsupported protocol version {raw.get('v')!r} (this side speaks {VERSION})")
+    try:
+        return _ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ProtocolError(f"invalid {raw.get('kind', '?')!s:.32} message: {where}: {first['msg']}") from exc

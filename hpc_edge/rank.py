@@ -1,0 +1,90 @@
+"""The MPI side between rank 0 (the relay) and the other ranks, and the loop of a non-zero rank.
+
+Protocol functions come in mirrored pairs named for their role (``relay_send_work`` /
+``rank_recv``). Messages inside one MPI job are plain Python tuples of validated records: the job is
+one user's trust domain, and nothing here crosses the network to the tower.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+from .errors import ErrorCode
+from .executor import Executor
+from .protocol import JobEvent, JobSpec
+
+logger = logging.getLogger(__name__)
+
+TAG_TO_RANK = 11
+TAG_TO_RELAY = 12
+IDLE_WAIT_S = 0.005
+
+
+# ---- relay side -----------------------------------------------------------------------------
+def relay_send_work(comm, rank: int, specs: list[JobSpec]) -> None:
+    comm.send(("work", specs), dest=rank, tag=TAG_TO_RANK)
+
+
+def relay_send_kill(comm, rank: int, job_ids: list[int], reason: ErrorCode, diag: str) -> None:
+    comm.send(("kill", job_ids, int(reason), diag), dest=rank, tag=TAG_TO_RANK)
+
+
+def relay_send_stop(comm, rank: int, reason: ErrorCode, diag: str) -> None:
+    comm.send(("stop", int(reason), diag), dest=rank, tag=TAG_TO_RANK)
+
+
+def relay_recv_events(comm, status) -> list[tuple[int, str, list[JobEvent]]]:
+    """Everything ranks have sent: (rank, kind, events) with kind 'events' or 'stopped'."""
+    got = []
+    while comm.iprobe(tag=TAG_TO_RELAY, status=status):
+        source = status.Get_source()
+        kind, events = comm.recv(source=source, tag=TAG_TO_RELAY)
+        got.append((source, kind, events))
+    return got
+
+
+# ---- rank side ------------------------------------------------------------------------------
+def rank_send_events(comm, events: list[JobEvent], kind: str = "events") -> None:
+    comm.send((kind, events), dest=0, tag=TAG_TO_RELAY)
+
+
+def rank_recv(comm) -> list[tuple]:
+    got = []
+    while comm.iprobe(source=0, tag=TAG_TO_RANK):
+        got.append(comm.recv(source=0, tag=TAG_TO_RANK))
+    return got
+
+
+def rank_loop(comm, executor: Executor) -> None:
+    """Run what the relay sends until it says stop; report every state change back."""
+    log = logging.LoggerAdapter(logger, {"rank": comm.Get_rank()})
+    terminating = []
+    signal.signal(signal.SIGTERM, lambda *_: terminating.append(True))
+    executor.install_sigchld_wakeup()
+    stopping = False
+    while True:
+        events: list[JobEvent] = []
+        for message in rank_recv(comm):
+            kind = message[0]
+            if kind == "work":
+                executor.add(message[1])
+            elif kind == "kill":
+                events += executor.kill(set(message[1]), ErrorCode(message[2]), message[3])
+            elif kind == "stop":
+                stopping = True
+                events += executor.kill_all(ErrorCode(message[1]), message[2])
+        if terminating and not stopping:
+            stopping = True
+            events += executor.kill_all(ErrorCode.WORKER_STOPPED, "worker terminated (SIGTERM)")
+        events += executor.step()
+        if events:
+            rank_send_events(comm, events)
+        if stopping and not executor.running:
+            rank_send_events(comm, [], kind="stopped")
+            log.debug("rank stopped")
+            return
+        if not events:
+            executor.wait(IDLE_WAIT_S if executor.running or executor.queue else IDLE_WAIT_S * 4)
+            time.sleep(0)

@@ -1,0 +1,340 @@
+"""Rank 0 of an MPI job: the relay between the control tower (one ZeroMQ DEALER) and the ranks (MPI).
+
+The relay prefetches work so ranks never wait a round trip, batches state changes into numbered
+updates that it keeps until the tower acknowledges them, and runs payloads on its own cores too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import zmq
+
+from . import protocol as p
+from .errors import ErrorCode, ProtocolError
+from .executor import Executor
+from .rank import relay_recv_events, relay_send_kill, relay_send_stop, relay_send_work
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RelayConfig:
+    tower: str
+    worker_id: str
+    batch_id: str | None = None
+    ends_at: float | None = None
+    walltime_grace_s: float = 60.0
+    heartbeat_s: float = 10.0
+    resend_s: float = 30.0
+    flush_s: float = 0.02
+    flush_max: int = 512
+    prefetch_horizon_s: float = 0.5  # keep enough work queued per rank to cover this long
+    max_prefetch: int = 64
+    stop_timeout_s: float = 30.0
+    curve: tuple[bytes, bytes, bytes] | None = None  # (client public, client secret, server public)
+
+
+class Relay:
+    def __init__(self, comm, executor: Executor, ranks: list[p.RankInfo], config: RelayConfig, ctx=None):
+        self.comm, self.local, self.ranks, self.cfg = comm, executor, ranks, config
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = None
+        self.buffer: deque[p.JobSpec] = deque()
+        self.rank_load = [0] * len(ranks)           # cores of work held by each rank
+        self.held: dict[int, tuple[int, int]] = {}  # job id -> (rank, cores)
+        self.pending: list[p.JobEvent] = []
+        self.pending_since = 0.0
+        self.unacked: dict[int, tuple[bytes, float]] = {}
+        self.seq = 0
+        self.req = 0
+        self.req_out: float | None = None
+        self.retry_at = 0.0
+        self.last_sent = 0.0
+        self.welcomed = False
+        self.draining = False
+        self.stop_reason: tuple[ErrorCode, str] | None = None
+        self.stopped_ranks: set[int] = set()
+        self.mean_wall = 1.0
+        self._signals: list[int] = []
+        self._mpi_status = None
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        from mpi4py import MPI
+
+        self._mpi_status = MPI.Status()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.IDENTITY, self.cfg.worker_id.encode())
+        if self.cfg.curve:
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = self.cfg.curve
+        self.sock.connect(self.cfg.tower)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.local.install_sigchld_wakeup()
+        self.poller.register(self.local.wakeup_fd(), zmq.POLLIN)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(sig, lambda s, _f: self._signals.append(s))
+        self.send_hello()
+
+    def run(self) -> None:
+        self.start()
+        try:
+            while not self.finished():
+                self.poll_tower()
+                self.handle_signals()
+                self.check_walltime()
+                self.collect_rank_events()
+                self.step_local()
+                self.distribute_work()
+                self.request_work()
+                self.flush_updates()
+                self.keep_alive()
+                self.check_drained()
+        finally:
+            self.local.hard_kill_all()
+            self.sock.close()
+
+    def finished(self) -> bool:
+        return len(self.stopped_ranks) == len(self.ranks) and not self.pending and (
+            not self.unacked or time.monotonic() > self._stop_deadline)
+
+    # ---- tower side ---------------------------------------------------------------------------
+    def send(self, message) -> None:
+        self.sock.send(p.encode(message), copy=False)
+        self.last_sent = time.monotonic()
+
+    def send_hello(self) -> None:
+        self.send(p.Hello(worker_id=self.cfg.worker_id, batch_id=self.cfg.batch_id, ranks=self.ranks,
+                          ends_at=self.cfg.ends_at, holding=sorted(self.held), last_seq=self.seq))
+
+    def poll_tower(self) -> None:
+        busy = self.pending or self.buffer or self.held
+        events = dict(self.poller.poll(2 if busy else 10))
+        if self.local.wakeup_fd() in events:
+            self.local.drain_wakeups()
+        if self.sock not in events:
+            return
+        while True:
+            try:
+                data = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                message = p.decode(data)
+            except ProtocolError as exc:
+                logger.error("relay %s: dropped a malformed message from the tower: %s", self.cfg.worker_id, exc)
+                continue
+            getattr(self, f"handle_{message.kind}", self.handle_unexpected)(message)
+
+    def handle_welcome(self, m: p.Welcome) -> None:
+        self.welcomed = True
+        self.cfg.heartbeat_s = m.heartbeat_s
+        for seq in [s for s in self.unacked if s <= m.last_seq]:
+            del self.unacked[seq]
+        for seq in sorted(self.unacked):  # the tower restarted or lost them: send again
+            self.sock.send(self.unacked[seq][0])
+        logger.info("relay %s: welcomed by the tower", self.cfg.worker_id)
+
+    def handle_work(self, m: p.Work) -> None:
+        self.req_out = None
+        self.buffer.extend(m.jobs)
+
+    def handle_no_work(self, m: p.NoWork) -> None:
+        self.req_out = None
+        self.retry_at = time.monotonic() + m.retry_s
+        if m.drain and not self.draining:
+            logger.info("relay %s: the tower has no more work; draining", self.cfg.worker_id)
+            self.draining = True
+
+    def handle_ack(self, m: p.Ack) -> None:
+        self.unacked.pop(m.seq, None)
+        for command in m.commands:
+            if command.action == "kill":
+                self.kill_jobs(set(command.job_ids), ErrorCode.KILLED_BY_USER, command.reason or "killed by user")
+            elif command.action == "drain":
+                self.draining = True
+            elif command.action == "stop":
+                self.stop(ErrorCode.WORKER_STOPPED, command.reason or "stopped by the tower")
+
+    def handle_reject(self, m: p.Reject) -> None:
+        logger.error("relay %s: the tower rejected a message: %s", self.cfg.worker_id, m.error)
+
+    def handle_unexpected(self, m) -> None:
+        logger.error("relay %s: unexpected %s message from the tower", self.cfg.worker_id, m.kind)
+
+    def request_work(self) -> None:
+        if self.draining or self.stop_reason or self.req_out is not None or not self.welcomed:
+            return
+        now = time.monotonic()
+        if now < self.retry_at:
+            return
+        want = self.target_cores() - sum(self.rank_load) - sum(s.cores for s in self.buffer)
+        if want < 1:
+            return
+        self.req += 1
+        remaining = None if self.cfg.ends_at is None else self.cfg.ends_at - time.time()
+        self.send(p.Request(req=self.req, cores=want, max_job_cores=max(r.cores for r in self.ranks),
+                            max_job_memory_mb=max(r.memory_mb for r in self.ranks), remaining_s=remaining))
+        self.req_out = now
+
+    def target_cores(self) -> int:
+        """Cores of work to hold: running plus enough queued to cover the prefetch horizon."""
+        depth = min(self.cfg.max_prefetch, max(1, math.ceil(self.cfg.prefetch_horizon_s / self.mean_wall)))
+        return sum(r.cores for r in self.ranks) * (1 + depth)
+
+    def flush_updates(self, force: bool = False) -> None:
+        if not self.pending:
+            return
+        if not force and len(self.pending) < self.cfg.flush_max and \
+                time.monotonic() - self.pending_since < self.cfg.flush_s:
+            return
+        events = coalesce(self.pending)
+        self.pending = []
+        self.seq += 1
+        data = p.encode(p.Update(seq=self.seq, events=events))
+        self.unacked[self.seq] = (data, time.monotonic())
+        self.sock.send(data)
+        self.last_sent = time.monotonic()
+
+    def keep_alive(self) -> None:
+        now = time.monotonic()
+        for seq, (data, sent) in list(self.unacked.items()):
+            if now - sent > self.cfg.resend_s:
+                self.unacked[seq] = (data, now)
+                self.sock.send(data)
+        if self.req_out is not None and now - self.req_out > self.cfg.resend_s:
+            self.req_out = None  # the request or its answer was lost; ask again
+        if now - self.last_sent > self.cfg.heartbeat_s:
+            if self.welcomed:
+                self.send(p.Heartbeat(running=len(self.held), last_seq=self.seq))
+            else:
+                self.send_hello()
+
+    # ---- rank side ----------------------------------------------------------------------------
+    def collect_rank_events(self) -> None:
+        if len(self.ranks) == 1:
+            return
+        for source, kind, events in relay_recv_events(self.comm, self._mpi_status):
+            if kind == "stopped":
+                self.stopped_ranks.add(source)
+            self.record(events)
+
+    def step_local(self) -> None:
+        self.record(self.local.step())
+        if self.stop_reason and not self.local.running and 0 not in self.stopped_ranks:
+            self.stopped_ranks.add(0)
+
+    def record(self, events: list[p.JobEvent]) -> None:
+        if not events:
+            return
+        if not self.pending:
+            self.pending_since = time.monotonic()
+        self.pending.extend(events)
+        for e in events:
+            if e.state != "running":
+                rank, cores = self.held.pop(e.job_id, (None, 0))
+                if rank is not None:
+                    self.rank_load[rank] -= cores
+                if e.wall_s is not None:
+                    self.mean_wall = 0.9 * self.mean_wall + 0.1 * max(e.wall_s, 1e-4)
+
+    def distribute_work(self) -> None:
+        if not self.buffer or self.stop_reason:
+            return
+        depth = min(self.cfg.max_prefetch, max(1, math.ceil(self.cfg.prefetch_horizon_s / self.mean_wall)))
+        batches: dict[int, list[p.JobSpec]] = {}
+        kept: deque[p.JobSpec] = deque()
+        for spec in self.buffer:
+            rank = self.pick_rank(spec, depth)
+            if rank is None:
+                kept.append(spec)
+                continue
+            batches.setdefault(rank, []).append(spec)
+            self.held[spec.job_id] = (rank, spec.cores)
+            self.rank_load[rank] += spec.cores
+        self.buffer = kept
+        for rank, specs in batches.items():
+            if rank == 0:
+                self.local.add(specs)
+            else:
+                relay_send_work(self.comm, rank, specs)
+
+    def pick_rank(self, spec: p.JobSpec, depth: int) -> int | None:
+        best, best_fill = None, None
+        for info in self.ranks:
+            if info.cores < spec.cores or info.memory_mb < spec.memory_mb:
+                continue
+            load = self.rank_load[info.rank]
+            if load + spec.cores > info.cores * (1 + depth) and load > 0:
+                continue
+            fill = load / info.cores
+            if best_fill is None or fill < best_fill:
+                best, best_fill = info.rank, fill
+        return best
+
+    def kill_jobs(self, job_ids: set[int], reason: ErrorCode, diag: str) -> None:
+        now = time.time()
+        dropped = [s for s in self.buffer if s.job_id in job_ids]
+        self.buffer = deque(s for s in self.buffer if s.job_id not in job_ids)
+        self.record([p.JobEvent(job_id=s.job_id, dispatch=s.dispatch, state="cancelled" if reason is
+                                ErrorCode.KILLED_BY_USER else "preempted", t=now, error_code=reason,
+                                error_diag=diag) for s in dropped])
+        by_rank: dict[int, list[int]] = {}
+        for job_id in job_ids:
+            if job_id in self.held:
+                by_rank.setdefault(self.held[job_id][0], []).append(job_id)
+        for rank, ids in by_rank.items():
+            if rank == 0:
+                self.record(self.local.kill(set(ids), reason, diag))
+            else:
+                relay_send_kill(self.comm, rank, ids, reason, diag)
+
+    # ---- ending -------------------------------------------------------------------------------
+    def stop(self, reason: ErrorCode, diag: str) -> None:
+        """End the worker: every job it holds goes back to the tower as preempted/cancelled."""
+        if self.stop_reason:
+            return
+        logger.info("relay %s: stopping: %s", self.cfg.worker_id, diag)
+        self.stop_reason = (reason, diag)
+        self.draining = True
+        self._stop_deadline = time.monotonic() + self.cfg.stop_timeout_s
+        self.kill_jobs({s.job_id for s in self.buffer}, reason, diag)
+        self.record(self.local.kill_all(reason, diag))
+        for info in self.ranks[1:]:
+            relay_send_stop(self.comm, info.rank, reason, diag)
+
+    def check_drained(self) -> None:
+        if self.draining and not self.stop_reason and not self.buffer and not self.held \
+                and not self.pending and not self.unacked and self.req_out is None:
+            self.stop(ErrorCode.WORKER_STOPPED, "drained: no more work")
+        if self.stop_reason and len(self.stopped_ranks) == len(self.ranks):
+            self.flush_updates(force=True)
+            if not self.unacked or time.monotonic() > self._stop_deadline:
+                self.send(p.Bye(reason=self.stop_reason[1]))
+
+    def handle_signals(self) -> None:
+        while self._signals:
+            sig = self._signals.pop()
+            if sig == signal.SIGUSR1:
+                self.stop(ErrorCode.WALLTIME_PREEMPTED, "walltime warning signal (SIGUSR1) received")
+            else:
+                self.stop(ErrorCode.WORKER_STOPPED, f"worker terminated ({signal.Signals(sig).name})")
+
+    def check_walltime(self) -> None:
+        if self.cfg.ends_at is not None and time.time() > self.cfg.ends_at - self.cfg.walltime_grace_s:
+            self.stop(ErrorCode.WALLTIME_PREEMPTED, "allocation reaches its walltime")
+
+
+def coalesce(events: list[p.JobEvent]) -> list[p.JobEvent]:
+    """Drop a 'running' event when the same batch also has the job's end (which carries start_time)."""
+    ended = {(e.job_id, e.dispatch) for e in events if e.state != "running"}
+    if not ended:
+        return events
+    return [e for e in events if e.state != "running" or (e.job_id, e.dispatch) not in ended]

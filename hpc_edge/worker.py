@@ -1,0 +1,74 @@
+"""The MPI job's entry point: ``mpiexec -n N python -m hpc_edge worker --tower ADDR --worker-id W``.
+
+Rank 0 becomes the relay; every rank (rank 0 too) runs payloads on the cores it owns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from .executor import Executor
+from .keys import client_curve
+from .protocol import RankInfo
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m hpc_edge worker", description=__doc__)
+    ap.add_argument("--tower", required=True, help="the tower's ZeroMQ address, e.g. tcp://login1:5555")
+    ap.add_argument("--worker-id", required=True)
+    ap.add_argument("--batch-id", default=os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
+                    or os.environ.get("LSB_JOBID"))
+    ap.add_argument("--keys", type=Path, help="directory with client.key_secret and server.key (CURVE)")
+    ap.add_argument("--cores-per-rank", type=int, default=0, help="0: this node's cores / its ranks")
+    ap.add_argument("--memory-per-rank-mb", type=int, default=0, help="0: this node's memory / its ranks")
+    ap.add_argument("--ends-at", type=float, default=None, help="allocation end (Unix time)")
+    ap.add_argument("--walltime-s", type=float, default=None,
+                    help="allocation walltime; the end is this long after the worker starts (if no --ends-at)")
+    ap.add_argument("--walltime-grace-s", type=float, default=60.0)
+    ap.add_argument("--log-level", default="INFO")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s")
+    local_ranks = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+    cores = args.cores_per_rank or max(1, (os.cpu_count() or 1) // local_ranks)
+    memory = args.memory_per_rank_mb or psutil.virtual_memory().total // local_ranks // 2**20
+    executor = Executor(rank=rank, cores=cores, memory_mb=memory)
+    infos = comm.gather(RankInfo(rank=rank, host=socket.gethostname(), cores=cores, memory_mb=memory), root=0)
+    if rank != 0:
+        from .rank import rank_loop
+
+        rank_loop(comm, executor)
+        return 0
+    from .relay import Relay, RelayConfig
+
+    ends_at = args.ends_at
+    if ends_at is None and args.walltime_s:
+        ends_at = time.time() + args.walltime_s
+    config = RelayConfig(tower=args.tower, worker_id=args.worker_id, batch_id=args.batch_id,
+                         ends_at=ends_at, walltime_grace_s=args.walltime_grace_s,
+                         curve=client_curve(args.keys) if args.keys else None)
+    try:
+        Relay(comm, executor, infos, config).run()
+    except Exception:
+        logger.exception("relay %s failed; aborting the MPI job", args.worker_id)
+        executor.hard_kill_all()
+        comm.Abort(1)
+    return 0

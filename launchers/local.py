@@ -1,0 +1,131 @@
+"""The ``local`` launcher: no batch system, ``mpiexec`` on this machine (a laptop, a login node, a test).
+
+A worker is one ``mpiexec -n RANKS`` process group started in its own session. Its batch id is
+``<pid>:<worker_id>``, so a tower restarted on the same store can still tell whether it lives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from .base import BatchState, CancelError, Launcher, SubmitError, WorkerSpec
+
+logger = logging.getLogger(__name__)
+
+
+def find_mpiexec() -> str:
+    """The ``mpiexec`` next to this Python (the venv's MPICH) first, then the one on PATH."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("mpiexec")
+    if not found:
+        raise SubmitError("local: no mpiexec found (install the 'mpich' package into this venv)")
+    return found
+
+
+def mpiexec_argv(spec: WorkerSpec, mpiexec: str) -> list[str]:
+    """The command line for one local worker (pure)."""
+    return [mpiexec, "-n", str(spec.ranks), *spec.command]
+
+
+class LocalLauncher(Launcher):
+    name = "local"
+
+    def __init__(self, mpiexec: str | None = None, kill_grace_s: float = 10.0):
+        self._mpiexec = mpiexec
+        self.kill_grace_s = kill_grace_s
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._cancelled: dict[str, float] = {}  # batch id -> when SIGTERM was sent
+
+    def submit(self, spec: WorkerSpec) -> str:
+        mpiexec = self._mpiexec or find_mpiexec()
+        spec.workdir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **spec.env}
+        argv = mpiexec_argv(spec, mpiexec)
+        with open(spec.stdout_path, "ab") as out, open(spec.stderr_path, "ab") as err:
+            try:
+                proc = subprocess.Popen(
+                    argv, cwd=spec.workdir, env=env, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=err, start_new_session=True,
+                )
+            except OSError as exc:
+                raise SubmitError(f"local: cannot start {argv[0]}: {exc}") from exc
+        batch_id = f"{proc.pid}:{spec.worker_id}"
+        self._procs[batch_id] = proc
+        logger.info("local: started worker %s (%d ranks) as pid %d", spec.worker_id, spec.ranks, proc.pid)
+        return batch_id
+
+    def status(self, batch_ids: list[str]) -> dict[str, BatchState]:
+        return {bid: self._state(bid) for bid in batch_ids}
+
+    def _state(self, batch_id: str) -> BatchState:
+        proc = self._procs.get(batch_id)
+        if proc is not None:
+            code = proc.poll()
+            if code is None:
+                self._escalate(batch_id, proc.pid)
+                return BatchState.RUNNING
+            if batch_id in self._cancelled:
+                return BatchState.CANCELLED
+            return BatchState.DONE if code == 0 else BatchState.FAILED
+        return BatchState.RUNNING if _alive(batch_id) else BatchState.UNKNOWN
+
+    def _escalate(self, batch_id: str, pid: int) -> None:
+        sent = self._cancelled.get(batch_id)
+        if sent is not None and time.monotonic() - sent > self.kill_grace_s:
+            _signal_group(pid, signal.SIGKILL)
+
+    def cancel(self, batch_ids: list[str]) -> None:
+        for bid in batch_ids:
+            pid = _pid_of(bid)
+            if pid is None:
+                raise CancelError(f"local: malformed batch id {bid!r}")
+            if self._state(bid).terminal:
+                continue
+            self._cancelled.setdefault(bid, time.monotonic())
+            _signal_group(pid, signal.SIGTERM)
+
+    def wait(self, batch_ids: list[str], timeout: float) -> bool:
+        """Wait for workers to end, escalating to SIGKILL after the grace; True if all ended."""
+        deadline = time.monotonic() + timeout
+        pending = list(batch_ids)
+        while pending and time.monotonic() < deadline:
+            pending = [b for b in pending if not self._state(b).terminal]
+            if pending:
+                time.sleep(0.05)
+        return not pending
+
+
+def _pid_of(batch_id: str) -> int | None:
+    head = batch_id.split(":", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _alive(batch_id: str) -> bool:
+    """True if the batch id's process still runs and is the worker it names (not a reused pid)."""
+    pid = _pid_of(batch_id)
+    worker_id = batch_id.split(":", 1)[1] if ":" in batch_id else ""
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and worker_id in " ".join(proc.cmdline())
+    except (psutil.Error, TypeError, ValueError):
+        return False
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError as exc:
+        raise CancelError(f"local: not allowed to signal process group {pid}") from exc
