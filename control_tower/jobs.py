@@ -115,7 +115,7 @@ class JobBook:
             specs.append(p.JobSpec(
                 job_id=job_id, task_id=task_id, attempt=attempt, dispatch=dispatch,
                 command=render_command(task.command, index=idx, inputs=inputs, job_id=job_id,
-                                       attempt=attempt, task=name),
+                                       attempt=attempt, task=name, workload_dir=task.workload_dir),
                 cores=task.cores, memory_mb=task.memory_mb, walltime_s=task.walltime,
                 workdir=str(workdir), env=task.env, outputs=task.outputs))
             sent.append((dispatch, worker_id, str(workdir), now, job_id))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-PLACEHOLDERS = ("index", "inputs", "job_id", "attempt", "task")
+PLACEHOLDERS = ("index", "inputs", "job_id", "attempt", "task", "workload_dir")
 _PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DURATION = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{2})$|^(\d+(?:\.\d+)?)\s*([smhd]?)$")
 
@@ -67,6 +68,7 @@ class TaskSpec(BaseModel):
     outputs: list[str] = Field(default_factory=list)
     max_attempts: int = Field(default=3, ge=1, le=100)
     priority: int = 0
+    workload_dir: str | None = Field(default=None, description="{workload_dir}; default: the file's directory")
 
     @field_validator("walltime", mode="before")
     @classmethod
@@ -144,9 +146,10 @@ def expand(task: TaskSpec):
 
 
 def render_command(template: str, *, index: int, inputs: list[str] | None, job_id: int, attempt: int,
-                   task: str) -> str:
-    values = {"index": str(index), "inputs": " ".join(inputs or ()), "job_id": str(job_id),
-              "attempt": str(attempt), "task": task}
+                   task: str, workload_dir: str | None = None) -> str:
+    values = {"index": str(index), "inputs": " ".join(shlex.quote(i) for i in inputs or ()),
+              "job_id": str(job_id), "attempt": str(attempt), "task": task,
+              "workload_dir": shlex.quote(workload_dir or ".")}
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
@@ -165,7 +168,7 @@ def _key_lines(node, path=(), out=None) -> dict[tuple, int]:
     return out
 
 
-def parse_workload(text: str, source: str = "<workload>") -> Workload:
+def parse_workload(text: str, source: str = "<workload>", workload_dir: str | None = None) -> Workload:
     """Validate a workload's YAML text; WorkloadError names source, line and key."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -175,9 +178,13 @@ def parse_workload(text: str, source: str = "<workload>") -> Workload:
     if not isinstance(data, dict):
         raise WorkloadError(f"{source}: a workload is a mapping with a 'tasks' list")
     try:
-        return Workload.model_validate(data)
+        workload = Workload.model_validate(data)
     except ValidationError as exc:
         raise WorkloadError(format_validation_error(exc, source, _key_lines(node))) from exc
+    for task in workload.tasks:
+        if task.workload_dir is None and workload_dir is not None:
+            task.workload_dir = workload_dir
+    return workload
 
 
 def format_validation_error(exc: ValidationError, source: str, lines: dict[tuple, int]) -> str:
@@ -199,4 +206,4 @@ def load_workload(path: str | Path) -> Workload:
         text = path.read_text()
     except OSError as exc:
         raise WorkloadError(f"{path}: cannot read: {exc.strerror}") from exc
-    return parse_workload(text, str(path))
+    return parse_workload(text, str(path), str(path.resolve().parent))

@@ -15,6 +15,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,6 +41,15 @@ def payload_argv(command: str) -> list[str]:
     return ["/bin/sh", "-c", command]
 
 
+def payload_base_env(environ) -> dict[str, str]:
+    """The worker's environment, with the worker's Python first on PATH (so payloads find ``python``)."""
+    env = dict(environ)
+    bindir = os.path.dirname(sys.executable)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+    env["HPC_EDGE_PYTHON"] = sys.executable
+    return env
+
+
 @dataclass
 class Running:
     spec: JobSpec
@@ -59,7 +69,7 @@ class Executor:
     cores: int
     memory_mb: int
     host: str = field(default_factory=socket.gethostname)
-    base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    base_env: dict[str, str] = field(default_factory=lambda: payload_base_env(os.environ))
 
     def __post_init__(self):
         self.queue: deque[JobSpec] = deque()
