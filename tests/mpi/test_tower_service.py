@@ -1,0 +1,83 @@
+"""``hpc-edge tower start|status|stop`` with ``submit``, ``status``, ``jobs``, ``logs`` against it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import EXAMPLES, processes_under, run_cli, wait_for, write_workload
+
+pytestmark = pytest.mark.mpi
+
+
+def test_tower_daemon_serves_the_cli(tmp_path):
+    home = tmp_path / "tower"
+    site = write_workload(tmp_path, """
+name: test-site
+tower: {idle_drain_s: 2, heartbeat_s: 2}
+provision_interval_s: 0.5
+queues:
+  - {name: local, launcher: local, ranks_per_node: 2, cores_per_rank: 1}
+""", "site.yaml")
+    workload = write_workload(tmp_path, """
+name: talk
+tasks:
+  - name: talk
+    command: echo "out {index}"; echo "err {index}" >&2; test {index} -ne 3
+    count: 12
+    max_attempts: 1
+""")
+    env = {"HPC_EDGE_HOME": str(home)}
+    started = run_cli("tower", "start", "--site", site, env=env, check=True)
+    assert "tower started" in started.stdout
+    try:
+        assert "already runs" in run_cli("tower", "start", env=env).stderr
+        run_cli("submit", workload, env=env, check=True)
+
+        def settled():
+            st = json.loads(run_cli("status", "--json", env=env, check=True).stdout)
+            states = st["tasks"][0]["states"]
+            return st if states.get("finished", 0) + states.get("failed", 0) == 12 else None
+
+        st = wait_for(settled, 120, "all 12 jobs final")
+        assert st["tasks"][0]["states"] == {"finished": 11, "failed": 1}
+        failed = json.loads(run_cli("jobs", "--state", "failed", "--json", env=env, check=True).stdout)
+        assert [(j["idx"], j["exit_code"], j["error_code"]) for j in failed] == [(3, 1, 1001)]
+        job_id = failed[0]["job_id"]
+        assert run_cli("logs", job_id, env=env, check=True).stdout == "out 3\n"
+        assert run_cli("logs", job_id, "--stderr", env=env, check=True).stdout == "err 3\n"
+        table = run_cli("jobs", "--state", "failed", env={**env, "COLUMNS": "200"}, check=True).stdout
+        assert "exited with code 1" in table
+        # a bad workload is refused with its line, and the tower keeps serving
+        bad = write_workload(tmp_path, "name: x\ntasks:\n  - name: y\n    comand: true\n    count: 1\n", "bad.yaml")
+        refused = run_cli("submit", bad, env=env)
+        assert refused.returncode == 2 and "bad.yaml:4" in refused.stderr and "comand" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert json.loads(run_cli("status", "--json", env=env, check=True).stdout)["tasks"][0]["jobs"] == 12
+    finally:
+        stopped = run_cli("tower", "stop", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert processes_under(home) == []
+    assert "no tower is running" in run_cli("status", env=env).stderr
+
+
+def test_run_refuses_bad_input_without_traceback(tmp_path):
+    missing = run_cli("run", tmp_path / "nope.yaml")
+    assert missing.returncode == 2 and "nope.yaml: cannot read" in missing.stderr
+    typo = write_workload(tmp_path, "name: t\ntasks:\n  - name: a\n    command: 'true'\n    count: 2\n    cores_per_job: 2\n")
+    out = run_cli("run", typo)
+    assert out.returncode == 2
+    assert "workload.yaml:6: tasks.0.cores_per_job: unknown key 'cores_per_job'" in out.stderr
+    assert "Traceback" not in out.stderr
+    rerun = write_workload(tmp_path, "name: r\ntasks:\n  - {name: a, command: 'true', count: 2}\n", "r.yaml")
+    data = tmp_path / "d"
+    assert run_cli("run", rerun, "--data-dir", data, "--quiet").returncode == 0
+    again = run_cli("run", rerun, "--data-dir", data, "--quiet")
+    assert again.returncode == 2 and "--resume" in again.stderr and "--fresh" in again.stderr
+
+
+def test_keys_are_private(tmp_path):
+    run_cli("keys", "init", "--data-dir", tmp_path, check=True)
+    for path in (tmp_path / "keys").glob("*.key_secret"):
+        assert path.stat().st_mode & 0o077 == 0, path
