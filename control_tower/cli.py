@@ -58,6 +58,12 @@ def main():
               help="core slots per rank (default: this machine's cores / ranks, at least the largest job's)")
 @click.option("--memory-per-rank-mb", type=click.IntRange(0), default=0, help="0: this machine's memory / ranks")
 @click.option("--walltime", default=None, help="worker allocation walltime (e.g. 30m); default unlimited")
+@click.option("--walltime-margin", default="60", show_default=True,
+              help="a job goes only to a worker with its walltime estimate + this much left")
+@click.option("--walltime-grace", default="60", show_default=True,
+              help="payloads still running this long before the allocation ends are preempted")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="MPI jobs (workers) running at once")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="where the run's store and job directories go (default: .hpc-edge/runs/<workload name>)")
 @click.option("--resume", is_flag=True, help="finish an earlier, interrupted run in the same data directory")
@@ -65,8 +71,8 @@ def main():
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary (counts by state)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--log-level", default="WARNING", show_default=True)
-def run(workload, ranks, cores_per_rank, memory_per_rank_mb, walltime, data_dir, resume, fresh, as_json,
-        quiet, log_level):
+def run(workload, ranks, cores_per_rank, memory_per_rank_mb, walltime, walltime_margin, walltime_grace, workers,
+        data_dir, resume, fresh, as_json, quiet, log_level):
     """Run WORKLOAD to the end on this machine (a tower in-process, mpiexec, no batch system)."""
     from .run import RunOptions, run_workload, summary_table
     from .workload import parse_duration
@@ -79,7 +85,9 @@ def run(workload, ranks, cores_per_rank, memory_per_rank_mb, walltime, data_dir,
     data_dir = data_dir or Path(".hpc-edge") / "runs" / wl.name
     _log_to(data_dir, log_level)
     opts = RunOptions(data_dir=data_dir, ranks=ranks, cores_per_rank=cores, memory_per_rank_mb=memory_per_rank_mb,
-                      walltime=parse_duration(walltime) if walltime else None, resume=resume, fresh=fresh,
+                      walltime=parse_duration(walltime) if walltime else None, workers=workers,
+                      walltime_margin_s=_seconds(walltime_margin), walltime_grace_s=_seconds(walltime_grace),
+                      resume=resume, fresh=fresh,
                       progress=not (quiet or as_json), log_level=log_level)
     console = Console(stderr=True)
     summary, status = run_workload(wl, opts, console)
@@ -91,6 +99,12 @@ def run(workload, ranks, cores_per_rank, memory_per_rank_mb, walltime, data_dir,
             click.echo(f"interrupted; finish with: hpc-edge run {workload} --resume"
                        + (f" --data-dir {data_dir}" if data_dir != Path('.hpc-edge/runs') / wl.name else ""))
     sys.exit(status)
+
+
+def _seconds(text: str) -> float:
+    from .workload import parse_duration
+
+    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
 
 
 def _log_to(data_dir: Path, level: str) -> None:

@@ -62,6 +62,8 @@ def rank_loop(comm, executor: Executor) -> None:
     log = logging.LoggerAdapter(logger, {"rank": comm.Get_rank()})
     terminating = []
     signal.signal(signal.SIGTERM, lambda *_: terminating.append(True))
+    signal.signal(signal.SIGINT, lambda *_: terminating.append(True))
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the walltime warning is the relay's to act on
     executor.install_sigchld_wakeup()
     stopping = False
     while True:
