@@ -31,11 +31,13 @@ class Dispatcher:
         self.ready: dict[int, deque[int]] = {}
         self._order: list[tuple[int, int]] = []  # (-priority, task_id), sorted
         self._withdrawn: set[int] = set()
+        self._live: dict[int, int] = {}  # task id -> ready jobs not withdrawn
         self._count = 0
 
     def add_task(self, task_id: int, priority: int, cores: int, memory_mb: int, walltime_s: float) -> None:
         self.tasks[task_id] = TaskSlot(task_id, priority, cores, memory_mb, walltime_s)
         self.ready.setdefault(task_id, deque())
+        self._live.setdefault(task_id, 0)
         bisect.insort(self._order, (-priority, task_id))
 
     def push(self, task_id: int, job_id: int, front: bool = False) -> None:
@@ -43,17 +45,20 @@ class Dispatcher:
         self._withdrawn.discard(job_id)
         (self.ready[task_id].appendleft if front else self.ready[task_id].append)(job_id)
         self._count += 1
+        self._live[task_id] += 1
 
     def extend(self, task_id: int, job_ids) -> None:
         queue = self.ready[task_id]
         before = len(queue)
         queue.extend(job_ids)
         self._count += len(queue) - before
+        self._live[task_id] += len(queue) - before
 
-    def withdraw(self, job_id: int) -> None:
+    def withdraw(self, task_id: int, job_id: int) -> None:
         """Take a ready job out (killed before it ran); removed lazily when reached."""
         self._withdrawn.add(job_id)
         self._count -= 1
+        self._live[task_id] -= 1
 
     def __len__(self) -> int:
         return self._count
@@ -79,10 +84,11 @@ class Dispatcher:
                     continue
                 taken.append((task_id, job_id))
                 self._count -= 1
+                self._live[task_id] -= 1
                 budget -= slot.cores
         return taken
 
     def fits_any(self, max_job_cores: int, max_job_memory_mb: int) -> bool:
         """Whether any ready job could ever run on a worker this size."""
-        return any(self.ready[t] and s.cores <= max_job_cores and s.memory_mb <= max_job_memory_mb
+        return any(self._live[t] > 0 and s.cores <= max_job_cores and s.memory_mb <= max_job_memory_mb
                    for t, s in self.tasks.items())

@@ -55,6 +55,8 @@ class JobBook:
         ready: dict[int, list[int]] = {}
         for job_id, task_id, state, worker_id in self.store.job_states():
             self.counts[task_id][state] += 1
+            if self.tasks[task_id][1].event_service:
+                continue  # the range book holds event-service jobs
             if state == "activated":
                 ready.setdefault(task_id, []).append(job_id)
             elif state in ("sent", "starting", "running"):
@@ -68,11 +70,14 @@ class JobBook:
         self._register_task(task_id, name, spec)
         ids = [j for j, t, state, _ in self.store.job_states_of(task_id) if state == "activated"]
         self.counts[task_id]["activated"] += len(ids)
-        self.dispatcher.extend(task_id, ids)
+        if not spec.event_service:
+            self.dispatcher.extend(task_id, ids)
 
     def _register_task(self, task_id: int, name: str, spec: TaskSpec) -> None:
         self.tasks[task_id] = (name, spec)
         self.counts.setdefault(task_id, Counter())
+        if spec.event_service:
+            return
         self.dispatcher.add_task(task_id, spec.priority, spec.cores, spec.memory_mb, spec.walltime)
 
     # ---- bookkeeping helpers ------------------------------------------------------------------
@@ -194,7 +199,7 @@ class JobBook:
             if row is None:
                 unknown += 1
             elif row["state"] == "activated":
-                self.dispatcher.withdraw(job_id)
+                self.dispatcher.withdraw(row["task_id"], job_id)
                 self.store.set_job_state(job_id, "cancelled", now, {"error_code": int(ErrorCode.KILLED_BY_USER),
                                                                      "error_diag": reason})
                 self._move(row["task_id"], "activated", "cancelled")

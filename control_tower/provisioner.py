@@ -127,12 +127,13 @@ class Provisioner:
                 self.failed_starts[queue] = 0
 
     async def submit_needed(self) -> None:
-        if not len(self.tower.dispatcher):
+        if not len(self.tower.dispatcher) and not self.tower.ranges.ready_count:
             return
         live = self.tower.store.workers(live_only=True)
         for queue in self.queues:
             memory = queue.memory_per_rank_mb or 1 << 40
-            if not self.tower.dispatcher.fits_any(queue.cores_per_rank, memory):
+            if not self.tower.dispatcher.fits_any(queue.cores_per_rank, memory) and \
+                    not self.tower.ranges.fits_any(queue.cores_per_rank, memory):
                 continue
             mine = [w for w in live if w["queue"] == queue.name]
             waiting = [w for w in mine if w["state"] in ("submitted", "queued")]

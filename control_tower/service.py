@@ -78,6 +78,8 @@ class Service:
         for task in workload.tasks:
             task_id = self.store.add_task(task, workload.name)
             self.tower.book.add_task(task_id, task.name, task)
+            if task.event_service:
+                self.tower.ranges.add_task(task_id, task)
             ids.append(task_id)
         return ids
 

@@ -55,4 +55,6 @@ def load_site(path: str | Path) -> SiteConfig:
         text = path.read_text()
     except OSError as exc:
         raise SiteError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise SiteError(f"{path}: not a text (UTF-8) file: {exc.reason} at byte {exc.start}") from exc
     return parse_site(text, str(path))

@@ -38,6 +38,12 @@ CREATE TABLE IF NOT EXISTS attempts (
     state TEXT NOT NULL, rank INTEGER, host TEXT, exit_code INTEGER, signal INTEGER,
     error_code INTEGER, error_diag TEXT, cpu_s REAL, wall_s REAL, max_rss_kb INTEGER,
     start_time REAL, end_time REAL, PRIMARY KEY (job_id, dispatch));
+CREATE TABLE IF NOT EXISTS ranges (
+    job_id INTEGER NOT NULL, range_idx INTEGER NOT NULL, task_id INTEGER NOT NULL, file_idx INTEGER NOT NULL,
+    first_event INTEGER NOT NULL, last_event INTEGER NOT NULL, state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1, worker_id TEXT, rank INTEGER, host TEXT, output TEXT, size INTEGER,
+    cpu_s REAL, wall_s REAL, exit_code INTEGER, signal INTEGER, error_code INTEGER, error_diag TEXT,
+    updated REAL, PRIMARY KEY (job_id, range_idx));
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY, launcher TEXT NOT NULL, queue TEXT, batch_id TEXT, state TEXT NOT NULL,
     nodes INTEGER, ranks INTEGER, cores INTEGER, walltime_s REAL, submitted REAL, started REAL,
@@ -101,6 +107,8 @@ class Store:
                 self._insert_jobs(rows)
                 rows = []
         self._insert_jobs(rows)
+        if spec.event_service:
+            self._insert_ranges(task_id, spec, chunk)
         self.log("task", detail=f"task {spec.name} added with {spec.n_jobs} jobs")
         self.commit()
         return task_id
@@ -108,6 +116,38 @@ class Store:
     def _insert_jobs(self, rows: list[tuple]) -> None:
         self.db.executemany(
             "INSERT INTO jobs (task_id, idx, inputs, state, updated) VALUES (?,?,?,'activated',?)", rows)
+
+    def _insert_ranges(self, task_id: int, spec: TaskSpec, chunk: int) -> None:
+        rows = []
+        jobs = self.db.execute("SELECT job_id, idx FROM jobs WHERE task_id=? ORDER BY idx", (task_id,)).fetchall()
+        for job_id, idx in jobs:
+            for n, (file_idx, _lfn, _guid, _scope, first, last) in enumerate(spec.job_ranges(idx)):
+                rows.append((job_id, n, task_id, file_idx, first, last))
+                if len(rows) >= chunk:
+                    self._flush_ranges(rows)
+                    rows = []
+        self._flush_ranges(rows)
+
+    def _flush_ranges(self, rows: list[tuple]) -> None:
+        self.db.executemany("INSERT INTO ranges (job_id, range_idx, task_id, file_idx, first_event, last_event,"
+                            " state) VALUES (?,?,?,?,?,?,'ready')", rows)
+
+    def range_states(self, task_id: int) -> Iterable[tuple]:
+        """(job_id, range_idx, state, attempt, worker_id, file_idx, first, last) of a task's ranges."""
+        return self.db.execute("SELECT job_id, range_idx, state, attempt, worker_id, file_idx, first_event,"
+                               " last_event FROM ranges WHERE task_id=? ORDER BY job_id, range_idx", (task_id,))
+
+    def set_ranges(self, rows: list[tuple]) -> None:
+        """rows: (state, attempt, worker_id, rank, host, output, size, cpu_s, wall_s, exit_code, signal,
+        error_code, error_diag, updated, job_id, range_idx)."""
+        self.db.executemany("UPDATE ranges SET state=?, attempt=?, worker_id=?, rank=?, host=?, output=?, size=?,"
+                            " cpu_s=?, wall_s=?, exit_code=?, signal=?, error_code=?, error_diag=?, updated=?"
+                            " WHERE job_id=? AND range_idx=?", rows)
+
+    def finished_ranges(self, job_id: int) -> list[tuple]:
+        """(range_idx, attempt, first, last, output) of a job's finished ranges, in event order."""
+        return self.db.execute("SELECT range_idx, attempt, first_event, last_event, output FROM ranges"
+                               " WHERE job_id=? AND state='finished' ORDER BY first_event", (job_id,)).fetchall()
 
     def task_exists(self, workload: str, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM tasks WHERE workload=? AND name=?",

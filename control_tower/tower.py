@@ -24,6 +24,8 @@ from hpc_edge.errors import ErrorCode, ProtocolError
 
 from .dispatcher import Dispatcher
 from .jobs import JobBook
+from .merge import MergeError, Part, merge_parts
+from .ranges import RangeBook
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class Tower:
         self.ctx = ctx or zmq.asyncio.Context.instance()
         self.dispatcher = Dispatcher(config.walltime_margin_s)
         self.book = JobBook(store, self.dispatcher, data_dir / "jobs")
+        self.ranges = RangeBook(self.book, data_dir / "outputs")
+        self.merges: dict[int, asyncio.Future] = {}
         self.workers: dict[str, LiveWorker] = {}
         self.rejected: Counter = Counter()
         self.sock = None
@@ -74,6 +78,9 @@ class Tower:
     # ---- lifecycle ----------------------------------------------------------------------------
     def load(self) -> None:
         self.book.load()
+        for task_id, (_, spec) in self.book.tasks.items():
+            if spec.event_service:
+                self.ranges.add_task(task_id, spec)
         for row in self.store.workers(live_only=True):
             live = LiveWorker(row["worker_id"], last_seen=time.monotonic(), last_seq=row["last_seq"])
             live.ranks = json.loads(row["info"] or "{}").get("ranks", [])
@@ -136,10 +143,12 @@ class Tower:
                     continue
                 self.handle_message(identity, data)
         self.expire_lost_workers()
+        self.run_merges()
         self.flush()
 
     def flush(self) -> None:
         """Commit, then send what waits for the commit."""
+        self.ranges.flush()
         self.store.commit()
         outbox, self._outbox = self._outbox, []
         for identity, data in outbox:
@@ -195,22 +204,28 @@ class Tower:
 
     def handle_request(self, identity: bytes, m: p.Request) -> None:
         live = self.seen(identity)
-        specs = []
+        worker_id = live.worker_id
+        specs, ranges, es_specs = [], [], []
         if not self.stopping:
-            specs = self.book.dispatch(live.worker_id, m.cores, m.max_job_cores, m.max_job_memory_mb, m.remaining_s)
-        if specs:
+            if m.cores:
+                specs = self.book.dispatch(worker_id, m.cores, m.max_job_cores, m.max_job_memory_mb, m.remaining_s)
+            if m.ranges:
+                ranges, es_specs = self.ranges.take(worker_id, m.ranges)
+        exhausted = self.ranges.exhausted(worker_id)
+        if specs or ranges:
             live.idle_since = None
-            self.reply(identity, p.Work(req=m.req, jobs=specs))
+            self.reply(identity, p.Work(req=m.req, jobs=specs, ranges=ranges, es_jobs=es_specs, exhausted=exhausted))
             return
         now = time.monotonic()
         if live.idle_since is None:
             live.idle_since = now
-        holding = self.book.held_by(live.worker_id)
-        drain = self.stopping or (not holding and not len(self.dispatcher) and (
+        holding = bool(self.book.held_by(worker_id)) or bool(self.ranges.held_by(worker_id))
+        nothing_ready = not len(self.dispatcher) and not self.ranges.ready_count
+        drain = self.stopping or (not holding and nothing_ready and (
             self.cfg.exit_when_done or now - live.idle_since >= self.cfg.idle_drain_s))
-        drain = drain or (not holding and not self.dispatcher.fits_any(m.max_job_cores, m.max_job_memory_mb)
-                          and self.cfg.exit_when_done)
-        self.reply(identity, p.NoWork(req=m.req, retry_s=0.2 if holding else 1.0, drain=drain))
+        drain = drain or (not holding and not self.ranges.ready_count and self.cfg.exit_when_done
+                          and not self.dispatcher.fits_any(m.max_job_cores, m.max_job_memory_mb))
+        self.reply(identity, p.NoWork(req=m.req, retry_s=0.2 if holding else 1.0, drain=drain, exhausted=exhausted))
 
     def handle_update(self, identity: bytes, m: p.Update) -> None:
         live = self.seen(identity)
@@ -219,6 +234,8 @@ class Tower:
         else:
             for event in m.events:
                 self.book.apply(live.worker_id, event)
+            for event in m.ranges:
+                self.ranges.apply(live.worker_id, event)
             live.last_seq = m.seq
             self.store.update_worker(live.worker_id, last_seq=m.seq, last_seen=time.time())
         self.reply(identity, p.Ack(seq=m.seq, commands=self.take_commands(live)))
@@ -262,8 +279,9 @@ class Tower:
         self.workers.pop(worker_id, None)
         code = ErrorCode.WORKER_STOPPED if state == "done" else ErrorCode.LOST_WORKER
         n = self.book.release_worker(worker_id, code, f"worker {worker_id} {state}: {why}")
+        n += self.ranges.release_worker(worker_id, code, f"worker {worker_id} {state}: {why}")
         self.store.update_worker(worker_id, state=state, ended=time.time())
-        logger.info("worker %s %s (%s); %d jobs returned to the pool", worker_id, state, why, n)
+        logger.info("worker %s %s (%s); %d jobs and ranges returned to the pool", worker_id, state, why, n)
         for callback in self.on_worker_gone:
             callback(worker_id)
 
@@ -272,6 +290,41 @@ class Tower:
         for live in list(self.workers.values()):
             if now - live.last_seen > self.cfg.lost_after_s:
                 self.worker_ended(live.worker_id, "lost", f"no message for {self.cfg.lost_after_s:.0f} s")
+
+    # ---- event-service merges -----------------------------------------------------------------
+    def run_merges(self, max_parallel: int = 2) -> None:
+        """Start merges of jobs whose ranges are all final; finish the jobs whose merge is done."""
+        for job_id, future in list(self.merges.items()):
+            if future.done():
+                del self.merges[job_id]
+                self.merged(job_id, future)
+        if self.ranges.to_merge:
+            self.ranges.flush()  # the ranges' final states, in this transaction, before reading them back
+        while self.ranges.to_merge and len(self.merges) < max_parallel:
+            job_id = self.ranges.to_merge.pop(0)
+            es = self.ranges.es[job_id]
+            name = self.book.tasks[es.task_id][0]
+            parts = [Part(f"{es.task_id}-{job_id}-{es.geometry[idx][0]}-{idx}-{attempt}", first, last, Path(out))
+                     for idx, attempt, first, last, out in self.store.finished_ranges(job_id)]
+            out_dir = self.ranges.output_dir(name, job_id)
+            self.merges[job_id] = asyncio.get_running_loop().run_in_executor(
+                None, merge_parts, parts, out_dir, f"{name}.{job_id}") if parts else _done_future(None)
+
+    def merged(self, job_id: int, future) -> None:
+        es = self.ranges.es[job_id]
+        fields: dict = {}
+        try:
+            path = future.result()
+            if path is not None:
+                fields["files"] = [{"name": str(path), "size": path.stat().st_size}]
+        except (MergeError, OSError) as exc:
+            fields.update(error_code=int(ErrorCode.MERGE_FAILED), error_diag=f"merge failed: {exc}")
+            logger.error("job %d: merge failed: %s", job_id, exc)
+        failed = es.counts["failed"]
+        if failed and "error_code" not in fields:
+            fields.update(error_code=int(ErrorCode.RANGES_FAILED),
+                          error_diag=f"{failed} of {es.total} ranges failed for good")
+        self.ranges.set_job(es, "failed" if "error_code" in fields else "finished", time.time(), fields)
 
     # ---- user actions -------------------------------------------------------------------------
     def kill_jobs(self, job_ids: list[int], reason: str = "killed by user") -> dict[str, int]:
@@ -289,8 +342,15 @@ class Tower:
             "address": self.worker_address, "uptime_s": round(time.time() - self.started, 1),
             "ready": len(self.dispatcher), "tasks": self.book.task_summaries(),
             "totals": dict(self.book.totals()), "workers": len(self.workers),
+            "ranges": dict(self.ranges.range_totals()),
             "rejected": dict(self.rejected), "stats": dict(self.stats),
         }
+
+
+def _done_future(value):
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
 
 
 async def run_tower_until(tower: Tower, predicate, interval_ms: int = 200) -> None:

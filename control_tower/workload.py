@@ -39,9 +39,12 @@ def parse_duration(value: Any) -> float:
         if m.group(4) is not None:
             seconds = float(m.group(4)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(5)]
         else:
-            seconds = int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + int(m.group(3))
-    if seconds <= 0:
-        raise ValueError("a duration must be positive")
+            minutes, secs = int(m.group(2)), int(m.group(3))
+            if secs >= 60 or (m.group(1) is not None and minutes >= 60):
+                raise ValueError(f"{value!r} is not a valid HH:MM:SS or MM:SS duration")
+            seconds = int(m.group(1) or 0) * 3600 + minutes * 60 + secs
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("a duration must be a positive, finite number of seconds")
     return seconds
 
 
@@ -51,6 +54,15 @@ def check_relative_path(name: str) -> str:
     if not name or path.is_absolute() or ".." in path.parts or "\x00" in name:
         raise ValueError(f"output {name!r} must be a relative path inside the job's directory")
     return name
+
+
+class EventFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    events: int = Field(ge=1)
+    guid: str = ""
+    scope: str = ""
 
 
 class TaskSpec(BaseModel):
@@ -69,6 +81,11 @@ class TaskSpec(BaseModel):
     max_attempts: int = Field(default=3, ge=1, le=100)
     priority: int = 0
     workload_dir: str | None = Field(default=None, description="{workload_dir}; default: the file's directory")
+    event_service: bool = False
+    events: int | None = Field(default=None, ge=1, le=10_000_000_000)
+    events_per_range: int = Field(default=1, ge=1)
+    events_per_job: int | None = Field(default=None, ge=1)
+    files: list[EventFile] | None = Field(default=None, min_length=1)
 
     @field_validator("walltime", mode="before")
     @classmethod
@@ -99,20 +116,47 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _count_or_inputs(self):
-        if (self.count is None) == (self.inputs is None):
-            raise ValueError("give exactly one of 'count' or 'inputs'")
+        if self.event_service:
+            if (self.events is None) == (self.files is None):
+                raise ValueError("an event-service task gives exactly one of 'events' or 'files'")
+            if self.count is not None or self.inputs is not None:
+                raise ValueError("an event-service task is sized by 'events' or 'files', not 'count' or 'inputs'")
+        else:
+            if (self.count is None) == (self.inputs is None):
+                raise ValueError("give exactly one of 'count' or 'inputs'")
+            for key in ("events", "events_per_job", "files"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"'{key}' needs event_service: true")
         return self
 
     @property
     def n_jobs(self) -> int:
+        if self.event_service:
+            if self.files is not None:
+                return len(self.files)
+            return math.ceil(self.events / (self.events_per_job or self.events))
         if self.count is not None:
             return self.count
         return math.ceil(len(self.inputs) / self.files_per_job)
 
     def job_inputs(self, index: int) -> list[str] | None:
+        if self.event_service:
+            return [self.files[index].name] if self.files is not None else None
         if self.inputs is None:
             return None
         return self.inputs[index * self.files_per_job:(index + 1) * self.files_per_job]
+
+    def job_ranges(self, index: int):
+        """(file index, lfn, guid, scope, first event, last event) of each range of job ``index``."""
+        if self.files is not None:
+            f = self.files[index]
+            first, last, file_idx, lfn, guid, scope = 0, f.events - 1, index, f.name, f.guid, f.scope
+        else:
+            per_job = self.events_per_job or self.events
+            first, last = index * per_job, min(self.events, (index + 1) * per_job) - 1
+            file_idx, lfn, guid, scope = 0, "", "", ""
+        for start in range(first, last + 1, self.events_per_range):
+            yield file_idx, lfn, guid, scope, start, min(last, start + self.events_per_range - 1)
 
 
 class Workload(BaseModel):
@@ -206,4 +250,6 @@ def load_workload(path: str | Path) -> Workload:
         text = path.read_text()
     except OSError as exc:
         raise WorkloadError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise WorkloadError(f"{path}: not a text (UTF-8) file: {exc.reason} at byte {exc.start}") from exc
     return parse_workload(text, str(path), str(path.resolve().parent))

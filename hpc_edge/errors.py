@@ -33,6 +33,9 @@ class ErrorCode(enum.IntEnum):
     KILLED_BY_USER = 1030
     WORKER_STOPPED = 1031
     LOST_WORKER = 1040
+    STAGEOUT_FAILED = 1050
+    RANGES_FAILED = 1060
+    MERGE_FAILED = 1061
 
     @property
     def counts_as_attempt(self) -> bool:

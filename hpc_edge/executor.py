@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ErrorCode
-from .protocol import FileInfo, JobEvent, JobSpec
+from .esrunner import EventRunner
+from .protocol import FileInfo, JobEvent, JobSpec, RangeEvent
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class Executor:
         self.running: dict[int, Running] = {}  # pid -> Running
         self.free_cores = self.cores
         self.free_memory_mb = self.memory_mb
+        self.es = EventRunner(self)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -84,16 +86,22 @@ class Executor:
     def add(self, specs: list[JobSpec]) -> None:
         self.queue.extend(specs)
 
-    def step(self) -> list[JobEvent]:
-        """Reap what ended, start what fits; return the events to report."""
+    def step(self) -> list[JobEvent | RangeEvent]:
+        """Reap what ended, start what fits; return the job and range events to report."""
         events = self.reap()
         events.extend(self.start_ready())
+        events.extend(self.es.step())
         self.escalate_kills()
         return events
 
     @property
     def idle(self) -> bool:
-        return not self.queue and not self.running
+        return not self.queue and not self.running and self.es.idle
+
+    @property
+    def busy(self) -> bool:
+        """Payload processes or stage-outs still under way."""
+        return bool(self.running or self.es.procs or self.es.stage_out.pending)
 
     @property
     def load_cores(self) -> int:
@@ -110,7 +118,7 @@ class Executor:
 
     def wait(self, timeout: float) -> None:
         """Sleep until a payload ends or the timeout passes."""
-        select.select([self._wake_r], [], [], timeout)
+        select.select([self._wake_r, *self.es.fds()], [], [], timeout)
         self.drain_wakeups()
 
     def drain_wakeups(self) -> None:
@@ -166,13 +174,16 @@ class Executor:
     # ---- ending -------------------------------------------------------------------------------
     def reap(self) -> list[JobEvent]:
         events: list[JobEvent] = []
-        while self.running:
+        while self.running or self.es.procs:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
+            if pid in self.es.procs:
+                events.extend(self.es.ended(pid, os.waitstatus_to_exitcode(status)))
+                continue
             run = self.running.pop(pid, None)
             if run is None:
                 continue
@@ -220,9 +231,9 @@ class Executor:
                 _killpg(run.proc.pid, signal.SIGTERM)
         return events
 
-    def kill_all(self, reason: ErrorCode, diag: str) -> list[JobEvent]:
+    def kill_all(self, reason: ErrorCode, diag: str) -> list[JobEvent | RangeEvent]:
         ids = {s.job_id for s in self.queue} | {r.spec.job_id for r in self.running.values()}
-        return self.kill(ids, reason, diag)
+        return self.kill(ids, reason, diag) + self.es.kill_all(reason, diag)
 
     def escalate_kills(self) -> None:
         now = time.monotonic()
@@ -234,6 +245,7 @@ class Executor:
         """Last resort on exit: SIGKILL every payload group so none outlives its rank."""
         for pid in list(self.running):
             _killpg(pid, signal.SIGKILL)
+        self.es.hard_kill_all()
 
     def _event(self, spec: JobSpec, state: str, t: float, **kw) -> JobEvent:
         return JobEvent(job_id=spec.job_id, dispatch=spec.dispatch, state=state, t=t,

@@ -13,7 +13,7 @@ import logging
 from typing import Annotated, Literal, Union
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from .errors import ProtocolError
 
@@ -51,6 +51,39 @@ class JobSpec(_Record):
     workdir: str
     env: dict[str, str] = Field(default_factory=dict)
     outputs: list[str] = Field(default_factory=list)
+    event_service: bool = False
+    output_dir: str | None = None  # event service: where finished ranges' outputs are staged out
+
+
+class RangeSpec(_Record):
+    """One event range of an event-service job (ids: task-job-file-range-attempt)."""
+
+    range_id: str = Field(min_length=1, max_length=200)
+    job_id: int = Field(ge=1)
+    first_event: int = Field(ge=0)
+    last_event: int = Field(ge=0)
+    lfn: str = ""
+    guid: str = ""
+    scope: str = ""
+
+
+class RangeEvent(_Record):
+    """A change of an event range's state on a node."""
+
+    range_id: str = Field(min_length=1, max_length=200)
+    job_id: int = Field(ge=1)
+    state: Literal["running", "finished", "failed", "preempted"]
+    t: float
+    rank: int | None = None
+    host: str | None = None
+    output: str | None = Field(default=None, max_length=4096)
+    size: int | None = None
+    cpu_s: float | None = None
+    wall_s: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    error_code: int | None = None
+    error_diag: str | None = Field(default=None, max_length=4096)
 
 
 class FileInfo(_Record):
@@ -104,23 +137,27 @@ class Welcome(_Message):
     kind: Literal["welcome"] = "welcome"
     worker_id: str
     heartbeat_s: float
-    last_seq: int = 0
+    last_seq: int = Field(default=0, ge=0)
     release: list[int] = Field(default_factory=list)
 
 
 class Request(_Message):
     kind: Literal["request"] = "request"
     req: int = Field(ge=0)
-    cores: int = Field(ge=1)
+    cores: int = Field(ge=0)
     max_job_cores: int = Field(ge=1)
     max_job_memory_mb: int = Field(ge=0)
     remaining_s: float | None = None
+    ranges: int = Field(default=0, ge=0)
 
 
 class Work(_Message):
     kind: Literal["work"] = "work"
     req: int
-    jobs: list[JobSpec]
+    jobs: list[JobSpec] = Field(default_factory=list)
+    ranges: list[RangeSpec] = Field(default_factory=list)
+    es_jobs: list[JobSpec] = Field(default_factory=list)  # the jobs the ranges belong to
+    exhausted: list[int] = Field(default_factory=list)    # event-service jobs with no ready range left
 
 
 class NoWork(_Message):
@@ -128,17 +165,25 @@ class NoWork(_Message):
     req: int
     retry_s: float = 1.0
     drain: bool = False
+    exhausted: list[int] = Field(default_factory=list)
 
 
 class Update(_Message):
     kind: Literal["update"] = "update"
     seq: int = Field(ge=1)
-    events: list[JobEvent] = Field(min_length=1)
+    events: list[JobEvent] = Field(default_factory=list)
+    ranges: list[RangeEvent] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if not self.events and not self.ranges:
+            raise ValueError("an update carries job or range events")
+        return self
 
 
 class Ack(_Message):
     kind: Literal["ack"] = "ack"
-    seq: int = 0
+    seq: int = Field(default=0, ge=0)
     commands: list[Command] = Field(default_factory=list)
 
 
@@ -182,11 +227,17 @@ def decode(data: bytes) -> _Message:
         raise ProtocolError(f"not a msgpack record: {exc}") from exc
     if not isinstance(raw, dict):
         raise ProtocolError(f"message must be a map, got {type(raw).__name__}")
-    if raw.get("v") != VERSION:
-        raise ProtocolError(f"unsupported protocol version {raw.get('v')!r} (this side speaks {VERSION})")
+    version, kind = raw.get("v"), raw.get("kind")
+    if type(version) is not int:
+        raise ProtocolError(f"protocol version 'v' must be the integer {VERSION}, got {type(version).__name__}")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version} (this side speaks {VERSION})")
+    kind = kind[:32] if isinstance(kind, str) else "?"
     try:
         return _ADAPTER.validate_python(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ProtocolError(f"invalid {raw.get('kind', '?')!s:.32} message: {where}: {first['msg']}") from exc
+        where = ".".join(str(p) for p in first["loc"])[:200]
+        raise ProtocolError(f"invalid {kind} message: {where}: {first['msg'][:300]}") from exc
+    except RecursionError as exc:
+        raise ProtocolError(f"invalid {kind} message: nested too deeply") from exc

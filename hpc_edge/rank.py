@@ -13,7 +13,7 @@ import time
 
 from .errors import ErrorCode
 from .executor import Executor
-from .protocol import JobEvent, JobSpec
+from .protocol import JobEvent, JobSpec, RangeSpec
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,14 @@ IDLE_WAIT_S = 0.005
 # ---- relay side -----------------------------------------------------------------------------
 def relay_send_work(comm, rank: int, specs: list[JobSpec]) -> None:
     comm.send(("work", specs), dest=rank, tag=TAG_TO_RANK)
+
+
+def relay_send_ranges(comm, rank: int, jobs: list[JobSpec], ranges: list[RangeSpec]) -> None:
+    comm.send(("ranges", jobs, ranges), dest=rank, tag=TAG_TO_RANK)
+
+
+def relay_send_exhausted(comm, rank: int, job_ids: list[int]) -> None:
+    comm.send(("exhausted", job_ids), dest=rank, tag=TAG_TO_RANK)
 
 
 def relay_send_kill(comm, rank: int, job_ids: list[int], reason: ErrorCode, diag: str) -> None:
@@ -72,6 +80,10 @@ def rank_loop(comm, executor: Executor) -> None:
             kind = message[0]
             if kind == "work":
                 executor.add(message[1])
+            elif kind == "ranges":
+                executor.es.add(message[1], message[2])
+            elif kind == "exhausted":
+                executor.es.mark_exhausted(message[1])
             elif kind == "kill":
                 events += executor.kill(set(message[1]), ErrorCode(message[2]), message[3])
             elif kind == "stop":
@@ -83,10 +95,10 @@ def rank_loop(comm, executor: Executor) -> None:
         events += executor.step()
         if events:
             rank_send_events(comm, events)
-        if stopping and not executor.running:
+        if stopping and not executor.busy:
             rank_send_events(comm, [], kind="stopped")
             log.debug("rank stopped")
             return
         if not events:
-            executor.wait(IDLE_WAIT_S if executor.running or executor.queue else IDLE_WAIT_S * 4)
+            executor.wait(IDLE_WAIT_S if not executor.idle else IDLE_WAIT_S * 4)
             time.sleep(0)

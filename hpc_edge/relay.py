@@ -18,7 +18,8 @@ import zmq
 from . import protocol as p
 from .errors import ErrorCode, ProtocolError
 from .executor import Executor
-from .rank import relay_recv_events, relay_send_kill, relay_send_stop, relay_send_work
+from .rank import (relay_recv_events, relay_send_exhausted, relay_send_kill, relay_send_ranges, relay_send_stop,
+                   relay_send_work)
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,15 @@ class Relay:
         self.buffer: deque[p.JobSpec] = deque()
         self.rank_load = [0] * len(ranks)           # cores of work held by each rank
         self.held: dict[int, tuple[int, int]] = {}  # job id -> (rank, cores)
-        self.pending: list[p.JobEvent] = []
+        self.range_buffer: deque[p.RangeSpec] = deque()
+        self.es_jobs: dict[int, p.JobSpec] = {}
+        self.es_sent: set[tuple[int, int]] = set()       # (rank, job id) whose spec the rank has
+        self.rank_ranges = [0] * len(ranks)              # ranges held by each rank
+        self.held_ranges: dict[str, int] = {}            # range id -> rank
+        self.exhausted: set[int] = set()                 # jobs the tower has no range left of
+        self.exhausted_told: set[int] = set()
+        self.mean_range_wall = 1.0
+        self.pending: list = []
         self.pending_since = 0.0
         self.unacked: dict[int, tuple[bytes, float]] = {}
         self.seq = 0
@@ -93,6 +102,7 @@ class Relay:
                 self.collect_rank_events()
                 self.step_local()
                 self.distribute_work()
+                self.distribute_ranges()
                 self.request_work()
                 self.flush_updates()
                 self.keep_alive()
@@ -115,7 +125,7 @@ class Relay:
                           ends_at=self.cfg.ends_at, holding=sorted(self.held), last_seq=self.seq))
 
     def poll_tower(self) -> None:
-        busy = self.pending or self.buffer or self.held
+        busy = self.pending or self.buffer or self.held or self.held_ranges or self.range_buffer
         events = dict(self.poller.poll(2 if busy else 10))
         if self.local.wakeup_fd() in events:
             self.local.drain_wakeups()
@@ -145,9 +155,17 @@ class Relay:
     def handle_work(self, m: p.Work) -> None:
         self.req_out = None
         self.buffer.extend(m.jobs)
+        for spec in m.es_jobs:
+            self.es_jobs[spec.job_id] = spec
+        self.range_buffer.extend(m.ranges)
+        fresh = {r.job_id for r in m.ranges}
+        self.exhausted -= fresh
+        self.exhausted_told -= fresh
+        self.exhausted.update(m.exhausted)
 
     def handle_no_work(self, m: p.NoWork) -> None:
         self.req_out = None
+        self.exhausted.update(m.exhausted)
         self.retry_at = time.monotonic() + m.retry_s
         if m.drain and not self.draining:
             logger.info("relay %s: the tower has no more work; draining", self.cfg.worker_id)
@@ -176,12 +194,14 @@ class Relay:
         if now < self.retry_at:
             return
         want = self.target_cores() - sum(self.rank_load) - sum(s.cores for s in self.buffer)
-        if want < 1:
+        want_ranges = self.target_ranges() - len(self.held_ranges) - len(self.range_buffer)
+        if want < 1 and want_ranges < 1:
             return
         self.req += 1
         remaining = None if self.cfg.ends_at is None else self.cfg.ends_at - time.time()
-        self.send(p.Request(req=self.req, cores=want, max_job_cores=max(r.cores for r in self.ranks),
-                            max_job_memory_mb=max(r.memory_mb for r in self.ranks), remaining_s=remaining))
+        self.send(p.Request(req=self.req, cores=max(want, 0), max_job_cores=max(r.cores for r in self.ranks),
+                            max_job_memory_mb=max(r.memory_mb for r in self.ranks), remaining_s=remaining,
+                            ranges=max(want_ranges, 0)))
         self.req_out = now
 
     def target_cores(self) -> int:
@@ -189,16 +209,24 @@ class Relay:
         depth = min(self.cfg.max_prefetch, max(1, math.ceil(self.cfg.prefetch_horizon_s / self.mean_wall)))
         return sum(r.cores for r in self.ranks) * (1 + depth)
 
+    def range_depth(self) -> int:
+        """Ranges per core a rank holds: enough to cover the horizon, few when ranges are long."""
+        return min(16, max(1, math.ceil(self.cfg.prefetch_horizon_s / self.mean_range_wall)))
+
+    def target_ranges(self) -> int:
+        return sum(r.cores for r in self.ranks) * (1 + self.range_depth())
+
     def flush_updates(self, force: bool = False) -> None:
         if not self.pending:
             return
         if not force and len(self.pending) < self.cfg.flush_max and \
                 time.monotonic() - self.pending_since < self.cfg.flush_s:
             return
-        events = coalesce(self.pending)
-        self.pending = []
+        pending, self.pending = self.pending, []
+        jobs = coalesce([e for e in pending if isinstance(e, p.JobEvent)])
+        ranges = coalesce_ranges([e for e in pending if isinstance(e, p.RangeEvent)])
         self.seq += 1
-        data = p.encode(p.Update(seq=self.seq, events=events))
+        data = p.encode(p.Update(seq=self.seq, events=jobs, ranges=ranges))
         self.unacked[self.seq] = (data, time.monotonic())
         self.sock.send(data)
         self.last_sent = time.monotonic()
@@ -228,7 +256,7 @@ class Relay:
 
     def step_local(self) -> None:
         self.record(self.local.step())
-        if self.stop_reason and not self.local.running and 0 not in self.stopped_ranks:
+        if self.stop_reason and not self.local.busy and 0 not in self.stopped_ranks:
             self.stopped_ranks.add(0)
 
     def record(self, events: list[p.JobEvent]) -> None:
@@ -238,6 +266,14 @@ class Relay:
             self.pending_since = time.monotonic()
         self.pending.extend(events)
         for e in events:
+            if isinstance(e, p.RangeEvent):
+                if e.state != "running":
+                    rank = self.held_ranges.pop(e.range_id, None)
+                    if rank is not None:
+                        self.rank_ranges[rank] -= 1
+                    if e.wall_s is not None:
+                        self.mean_range_wall = 0.9 * self.mean_range_wall + 0.1 * max(e.wall_s, 1e-4)
+                continue
             if e.state != "running":
                 rank, cores = self.held.pop(e.job_id, (None, 0))
                 if rank is not None:
@@ -265,6 +301,36 @@ class Relay:
                 self.local.add(specs)
             else:
                 relay_send_work(self.comm, rank, specs)
+
+    def distribute_ranges(self) -> None:
+        """Hand ranges to the ranks with the fewest per core, each up to its adaptive depth."""
+        if self.stop_reason:
+            return
+        if self.range_buffer:
+            depth = self.range_depth()
+            batches: dict[int, list[p.RangeSpec]] = {}
+            while self.range_buffer:
+                rank = min(self.ranks, key=lambda i: self.rank_ranges[i.rank] / i.cores)
+                if self.rank_ranges[rank.rank] >= rank.cores * depth:
+                    break
+                r = self.range_buffer.popleft()
+                batches.setdefault(rank.rank, []).append(r)
+                self.held_ranges[r.range_id] = rank.rank
+                self.rank_ranges[rank.rank] += 1
+            for rank, ranges in batches.items():
+                specs = [self.es_jobs[j] for j in {r.job_id for r in ranges} if (rank, j) not in self.es_sent]
+                self.es_sent.update((rank, s.job_id) for s in specs)
+                if rank == 0:
+                    self.local.es.add(specs, ranges)
+                else:
+                    relay_send_ranges(self.comm, rank, specs, ranges)
+        buffered = {r.job_id for r in self.range_buffer}
+        tell = sorted(self.exhausted - self.exhausted_told - buffered)
+        if tell:
+            self.exhausted_told.update(tell)
+            self.local.es.mark_exhausted(tell)
+            for info in self.ranks[1:]:
+                relay_send_exhausted(self.comm, info.rank, tell)
 
     def pick_rank(self, spec: p.JobSpec, depth: int) -> int | None:
         best, best_fill = None, None
@@ -306,12 +372,17 @@ class Relay:
         self.draining = True
         self._stop_deadline = time.monotonic() + self.cfg.stop_timeout_s
         self.kill_jobs({s.job_id for s in self.buffer}, reason, diag)
+        now = time.time()
+        self.record([p.RangeEvent(range_id=r.range_id, job_id=r.job_id, state="preempted", t=now,
+                                  error_code=int(reason), error_diag=diag) for r in self.range_buffer])
+        self.range_buffer.clear()
         self.record(self.local.kill_all(reason, diag))
         for info in self.ranks[1:]:
             relay_send_stop(self.comm, info.rank, reason, diag)
 
     def check_drained(self) -> None:
         if self.draining and not self.stop_reason and not self.buffer and not self.held \
+                and not self.range_buffer and not self.held_ranges \
                 and not self.pending and not self.unacked and self.req_out is None:
             self.stop(ErrorCode.WORKER_STOPPED, "drained: no more work")
         if self.stop_reason and len(self.stopped_ranks) == len(self.ranks):
@@ -338,3 +409,9 @@ def coalesce(events: list[p.JobEvent]) -> list[p.JobEvent]:
     if not ended:
         return events
     return [e for e in events if e.state != "running" or (e.job_id, e.dispatch) not in ended]
+
+
+def coalesce_ranges(events: list[p.RangeEvent]) -> list[p.RangeEvent]:
+    """Drop a range's 'running' event when the same batch also has its end."""
+    ended = {e.range_id for e in events if e.state != "running"}
+    return [e for e in events if e.state != "running" or e.range_id not in ended] if ended else events

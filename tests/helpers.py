@@ -44,6 +44,16 @@ def query(data_dir: Path, sql: str, args=()) -> list[tuple]:
         db.close()
 
 
+def scalar(data_dir: Path, sql: str, args=()) -> int:
+    """One number from the store, or 0 while the run has not created it (for polling)."""
+    if not (data_dir / "store.sqlite").exists():
+        return 0
+    try:
+        return query(data_dir, sql, args)[0][0] or 0
+    except sqlite3.OperationalError:
+        return 0
+
+
 def jobs_by(data_dir: Path) -> dict[int, dict]:
     db = sqlite3.connect(f"file:{data_dir / 'store.sqlite'}?mode=ro", uri=True, timeout=30)
     db.row_factory = sqlite3.Row

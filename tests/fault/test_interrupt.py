@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from tests.helpers import HPC_EDGE, jobs_by, processes_under, query, run_json, wait_for, write_workload
+from tests.helpers import HPC_EDGE, jobs_by, processes_under, run_json, scalar, wait_for, write_workload
 
 pytestmark = [pytest.mark.mpi, pytest.mark.fault]
 
@@ -26,9 +26,8 @@ tasks:
     proc = subprocess.Popen([*HPC_EDGE, "run", workload, "--ranks", "2", "--data-dir", data, "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: (data / "store.sqlite").exists() and query(
-            data, "SELECT count(*) FROM jobs WHERE state='finished'")[0][0] >= 3 and query(
-            data, "SELECT count(*) FROM jobs WHERE state='running'")[0][0] >= 1, 120, "some jobs finished, some running")
+        wait_for(lambda: scalar(data, "SELECT count(*) FROM jobs WHERE state='finished'") >= 3 and scalar(
+            data, "SELECT count(*) FROM jobs WHERE state='running'") >= 1, 120, "some jobs finished, some running")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:

@@ -1,0 +1,97 @@
+"""Merging an event-service job's range outputs into the job's output.
+
+HDF5 range files are concatenated dataset by dataset along the first (event) axis, in event order,
+into one file with provenance attributes (range ids, their first/last events and counts). Other
+outputs are archived into a tarball. Files are opened one at a time, and data is copied in bounded
+slices, so thousands of range files need neither many file handles nor much memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SLICE_ROWS = 65536
+
+
+class MergeError(Exception):
+    """Range outputs could not be merged (missing file, mismatched datasets)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    range_id: str
+    first_event: int
+    last_event: int
+    path: Path
+
+
+def merge_parts(parts: list[Part], out_dir: Path, stem: str) -> Path:
+    """Merge into ``out_dir/stem.h5`` (all parts HDF5) or ``out_dir/stem.tgz``; return the path."""
+    parts = sorted(parts, key=lambda p: p.first_event)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if parts and all(p.path.suffix in (".h5", ".hdf5") for p in parts):
+        return merge_hdf5(parts, out_dir / f"{stem}.h5")
+    return archive(parts, out_dir / f"{stem}.tgz")
+
+
+def merge_hdf5(parts: list[Part], out: Path) -> Path:
+    import h5py
+    import numpy as np
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    names: list[str] | None = None
+    with h5py.File(tmp, "w") as dst:
+        for part in parts:
+            try:
+                src_file = h5py.File(part.path, "r")
+            except OSError as exc:
+                raise MergeError(f"cannot open range output {part.path}: {exc}") from exc
+            with src_file as src:
+                here = sorted(k for k in src.keys() if isinstance(src[k], h5py.Dataset))
+                if names is None:
+                    names = here
+                    for name in names:
+                        d = src[name]
+                        dst.create_dataset(name, shape=(0, *d.shape[1:]), maxshape=(None, *d.shape[1:]),
+                                           dtype=d.dtype, chunks=True)
+                elif here != names:
+                    raise MergeError(f"{part.path} has datasets {here}, the first range had {names}")
+                for name in names:
+                    _append(dst[name], src[name], part.path)
+        dst.attrs["range_ids"] = np.array([p.range_id for p in parts], dtype=h5py.string_dtype())
+        dst.attrs["range_first_event"] = np.array([p.first_event for p in parts], dtype=np.int64)
+        dst.attrs["range_last_event"] = np.array([p.last_event for p in parts], dtype=np.int64)
+        dst.attrs["range_events"] = np.array([p.last_event - p.first_event + 1 for p in parts], dtype=np.int64)
+        dst.attrs["n_ranges"] = len(parts)
+        dst.attrs["n_events"] = int(sum(p.last_event - p.first_event + 1 for p in parts))
+    os.replace(tmp, out)
+    return out
+
+
+def _append(dst, src, path: Path) -> None:
+    if src.shape[1:] != dst.shape[1:] or src.dtype != dst.dtype:
+        raise MergeError(f"{path}:{src.name} has shape {src.shape} {src.dtype}, expected (*, {dst.shape[1:]}) "
+                         f"{dst.dtype}")
+    start = dst.shape[0]
+    dst.resize(start + src.shape[0], axis=0)
+    for lo in range(0, src.shape[0], SLICE_ROWS):
+        hi = min(src.shape[0], lo + SLICE_ROWS)
+        dst[start + lo:start + hi] = src[lo:hi]
+
+
+def archive(parts: list[Part], out: Path) -> Path:
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for part in parts:
+            try:
+                tar.add(part.path, arcname=f"{part.range_id}{part.path.suffix}")
+            except OSError as exc:
+                raise MergeError(f"cannot archive range output {part.path}: {exc}") from exc
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,242 @@
+"""The tower's book of event ranges for event-service jobs.
+
+Ranges go ``ready -> assigned -> running -> finished | failed``; a range whose worker disappears, or
+whose allocation ends, goes back to ``ready`` without using up an attempt; a range whose payload
+failed goes back with its attempt counted, and is failed for good after ``max_attempts``. When every
+range of a job is final the job is ``merging`` (its outputs are merged off the loop), then
+``finished`` (or ``failed`` if some ranges failed for good). Range ids: task-job-file-range-attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpc_edge import protocol as p
+from hpc_edge.errors import ErrorCode
+
+from .jobs import JobBook, counts_as_attempt
+from .workload import TaskSpec, render_command
+
+logger = logging.getLogger(__name__)
+
+FINAL = ("finished", "failed")
+
+
+@dataclass
+class ESJob:
+    job_id: int
+    task_id: int
+    idx: int
+    total: int
+    geometry: list[tuple[int, int, int]]  # per range: (file index, first event, last event)
+    ready: deque = field(default_factory=deque)
+    counts: Counter = field(default_factory=Counter)
+    attempts: dict[int, int] = field(default_factory=dict)  # range idx -> attempt (when > 1)
+    state: str = "activated"
+
+
+class RangeBook:
+    def __init__(self, jobs: JobBook, outputs_dir: Path):
+        self.jobs_book, self.store = jobs, jobs.store
+        self.outputs_dir = Path(outputs_dir)
+        self.es: dict[int, ESJob] = {}
+        self.order: list[int] = []             # ES jobs by (priority, id): where ready ranges are taken from
+        self.held: dict[tuple[int, int], tuple[str, int, str]] = {}  # (job, range) -> (worker, attempt, state)
+        self.by_worker: dict[str, set[tuple[int, int]]] = {}
+        self.worker_jobs: dict[str, set[int]] = {}
+        self.to_merge: list[int] = []
+        self._writes: list[tuple] = []
+        self.stale_events = 0
+
+    # ---- loading ------------------------------------------------------------------------------
+    def add_task(self, task_id: int, spec: TaskSpec) -> None:
+        """Load (or reload after a restart) the ranges of an event-service task."""
+        jobs: dict[int, ESJob] = {}
+        idx_of = {j: i for j, i in self.store.db.execute("SELECT job_id, idx FROM jobs WHERE task_id=?", (task_id,))}
+        states = {j: s for j, s in self.store.db.execute("SELECT job_id, state FROM jobs WHERE task_id=?", (task_id,))}
+        for job_id, n, state, attempt, worker_id, file_idx, first, last in self.store.range_states(task_id):
+            es = jobs.get(job_id)
+            if es is None:
+                es = jobs[job_id] = ESJob(job_id, task_id, idx_of[job_id], 0, [], state=states[job_id])
+            es.geometry.append((file_idx, first, last))
+            es.total += 1
+            if attempt > 1:
+                es.attempts[n] = attempt
+            if state in ("assigned", "running"):
+                self._hold(worker_id, job_id, n, attempt, state)
+            if state == "ready":
+                es.ready.append(n)
+            es.counts[state] += 1
+        for job_id, es in jobs.items():
+            self.es[job_id] = es
+            self.order.append(job_id)
+            if es.state in ("running", "merging", "activated") and es.counts["ready"] == 0 and \
+                    es.counts["assigned"] + es.counts["running"] == 0:
+                self.to_merge.append(job_id)
+        prio = {t: spec.priority for t, (_, spec) in self.jobs_book.tasks.items()}
+        self.order.sort(key=lambda j: (-prio[self.es[j].task_id], j))
+
+    def _hold(self, worker_id: str, job_id: int, n: int, attempt: int, state: str) -> None:
+        self.held[(job_id, n)] = (worker_id, attempt, state)
+        self.by_worker.setdefault(worker_id, set()).add((job_id, n))
+        self.worker_jobs.setdefault(worker_id, set()).add(job_id)
+
+    def _unhold(self, job_id: int, n: int):
+        worker_id, attempt, state = self.held.pop((job_id, n))
+        held = self.by_worker.get(worker_id)
+        if held is not None:
+            held.discard((job_id, n))
+        return worker_id, attempt, state
+
+    # ---- dispatch -----------------------------------------------------------------------------
+    @property
+    def ready_count(self) -> int:
+        return sum(len(self.es[j].ready) for j in self.order)
+
+    def fits_any(self, max_job_cores: int, max_job_memory_mb: int) -> bool:
+        """Whether a worker this size could run a payload of some job with ready ranges."""
+        for job_id in self.order:
+            es = self.es[job_id]
+            if es.ready:
+                task = self.jobs_book.tasks[es.task_id][1]
+                if task.cores <= max_job_cores and task.memory_mb <= max_job_memory_mb:
+                    return True
+        return False
+
+    def held_by(self, worker_id: str) -> int:
+        return len(self.by_worker.get(worker_id, ()))
+
+    def take(self, worker_id: str, n: int) -> tuple[list[p.RangeSpec], list[p.JobSpec]]:
+        ranges, specs = [], []
+        now = time.time()
+        for job_id in self.order:
+            if n <= 0:
+                break
+            es = self.es[job_id]
+            if not es.ready:
+                continue
+            task_name, task = self.jobs_book.tasks[es.task_id]
+            specs.append(self.job_spec(es, task_name, task))
+            if es.state == "activated":
+                self.set_job(es, "running", now)
+            while es.ready and n > 0:
+                idx = es.ready.popleft()
+                attempt = es.attempts.get(idx, 1)
+                file_idx, first, last = es.geometry[idx]
+                lfn = task.files[file_idx].name if task.files else ""
+                guid = task.files[file_idx].guid if task.files else ""
+                ranges.append(p.RangeSpec(range_id=f"{es.task_id}-{job_id}-{file_idx}-{idx}-{attempt}",
+                                          job_id=job_id, first_event=first, last_event=last, lfn=lfn, guid=guid))
+                self._hold(worker_id, job_id, idx, attempt, "assigned")
+                self._count(es, "ready", "assigned")
+                self._writes.append(("assigned", attempt, worker_id, None, None, None, None, None, None, None,
+                                     None, None, None, now, job_id, idx))
+                n -= 1
+        return ranges, specs
+
+    def job_spec(self, es: ESJob, task_name: str, task: TaskSpec) -> p.JobSpec:
+        inputs = task.job_inputs(es.idx)
+        return p.JobSpec(
+            job_id=es.job_id, task_id=es.task_id, attempt=1, dispatch=1,
+            command=render_command(task.command, index=es.idx, inputs=inputs, job_id=es.job_id, attempt=1,
+                                   task=task_name, workload_dir=task.workload_dir),
+            cores=task.cores, memory_mb=task.memory_mb, walltime_s=task.walltime,
+            workdir=str(self.jobs_book.jobs_dir / task_name / str(es.job_id)), env=task.env,
+            event_service=True, output_dir=str(self.output_dir(task_name, es.job_id)))
+
+    def output_dir(self, task_name: str, job_id: int) -> Path:
+        return self.outputs_dir / task_name / str(job_id)
+
+    def exhausted(self, worker_id: str) -> list[int]:
+        """Jobs this worker had ranges of that have no ready range left."""
+        return sorted(j for j in self.worker_jobs.get(worker_id, ()) if not self.es[j].ready)
+
+    # ---- events -------------------------------------------------------------------------------
+    def apply(self, worker_id: str, e: p.RangeEvent) -> None:
+        key = parse_range_id(e.range_id)
+        held = self.held.get(key[:2]) if key else None
+        if held is None or held[0] != worker_id or held[1] != key[2] or e.job_id != key[0]:
+            self.stale_events += 1
+            return
+        job_id, idx, attempt = key
+        es = self.es[job_id]
+        if e.state == "running":
+            if held[2] == "assigned":
+                self.held[(job_id, idx)] = (worker_id, attempt, "running")
+                self._count(es, "assigned", "running")
+                self._write(e, "running", attempt, worker_id, job_id, idx)
+            return
+        self.end_range(es, idx, e.state, e, worker_id)
+
+    def end_range(self, es: ESJob, idx: int, state: str, e: p.RangeEvent, worker_id: str) -> None:
+        _, attempt, old = self._unhold(es.job_id, idx)
+        task = self.jobs_book.tasks[es.task_id][1]
+        if state == "preempted" or (state == "failed" and not counts_as_attempt(e.error_code)):
+            new, next_attempt = "ready", attempt
+        elif state == "failed" and attempt < task.max_attempts:
+            new, next_attempt = "ready", attempt + 1
+        else:
+            new, next_attempt = state, attempt
+        self._count(es, old, new)
+        self._write(e, new, next_attempt, worker_id, es.job_id, idx)
+        if new == "ready":
+            if next_attempt > 1:
+                es.attempts[idx] = next_attempt
+            es.ready.appendleft(idx)
+            if state == "failed":
+                self.store.log("range", job_id=es.job_id, worker_id=worker_id,
+                               detail=f"range {e.range_id} failed ({e.error_diag}); retrying")
+        elif es.counts["finished"] + es.counts["failed"] == es.total:
+            self.set_job(es, "merging", time.time())
+            self.to_merge.append(es.job_id)
+
+    def release_worker(self, worker_id: str, code: ErrorCode, diag: str) -> int:
+        keys = sorted(self.by_worker.pop(worker_id, ()))
+        now = time.time()
+        for job_id, idx in keys:
+            attempt = self.held[(job_id, idx)][1]
+            es = self.es[job_id]
+            e = p.RangeEvent(range_id=f"{es.task_id}-{job_id}-{es.geometry[idx][0]}-{idx}-{attempt}", job_id=job_id,
+                             state="preempted", t=now, error_code=int(code), error_diag=diag)
+            self.end_range(es, idx, "preempted", e, worker_id)
+        self.by_worker.pop(worker_id, None)
+        self.worker_jobs.pop(worker_id, None)
+        return len(keys)
+
+    # ---- bookkeeping --------------------------------------------------------------------------
+    def _count(self, es: ESJob, old: str, new: str) -> None:
+        es.counts[old] -= 1
+        es.counts[new] += 1
+
+    def _write(self, e: p.RangeEvent, state: str, attempt: int, worker_id: str, job_id: int, idx: int) -> None:
+        self._writes.append((state, attempt, worker_id, e.rank, e.host, e.output, e.size, e.cpu_s, e.wall_s,
+                             e.exit_code, e.signal, e.error_code, e.error_diag, e.t, job_id, idx))
+
+    def flush(self) -> None:
+        """Write the queued range changes into the store's open transaction."""
+        if self._writes:
+            self.store.set_ranges(self._writes)
+            self._writes = []
+
+    def set_job(self, es: ESJob, state: str, t: float, fields: dict | None = None) -> None:
+        self.jobs_book._move(es.task_id, es.state, state)
+        es.state = state
+        self.store.set_job_state(es.job_id, state, t, fields or {})
+
+    def range_totals(self) -> Counter:
+        total = Counter()
+        for es in self.es.values():
+            total.update({k: v for k, v in es.counts.items() if v})
+        return total
+
+
+def parse_range_id(range_id: str) -> tuple[int, int, int] | None:
+    """(job id, range index, attempt) from ``task-job-file-range-attempt``, or None if malformed."""
+    parts = range_id.split("-")
+    if len(parts) != 5 or not all(x.isdigit() for x in parts):
+        return None
+    return int(parts[1]), int(parts[3]), int(parts[4])

@@ -1,0 +1,295 @@
+"""Event-service payloads on a rank: long-lived processes fed one range at a time over a pipe.
+
+A payload process is started for a job when the rank holds ranges of it and has the cores; it gets
+a range each time it says ``Ready for events``, and ``No more events`` when the job has none left
+(or its cores are wanted elsewhere). Finished ranges' outputs are moved to the job's output area by
+a stage-out thread, so the payload goes on with its next range meanwhile. A payload that dies fails
+only the range in flight (with its exit code or signal); the job's other ranges go to a new process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from . import eventservice as es
+from .errors import ErrorCode
+from .protocol import JobSpec, RangeEvent, RangeSpec
+
+logger = logging.getLogger(__name__)
+
+
+class ESProcess:
+    """One event-service payload process and the range it is working on."""
+
+    def __init__(self, spec: JobSpec, workdir: Path, proc: subprocess.Popen, out):
+        self.spec, self.workdir, self.proc, self.out = spec, workdir, proc, out
+        self.state = "starting"  # starting | ready | busy | closing
+        self.current: RangeSpec | None = None
+        self.started_at = 0.0
+        self.buffer = b""
+        self.stop_reason: tuple[ErrorCode, str] | None = None
+        self.sigterm_at: float | None = None
+        os.set_blocking(proc.stdout.fileno(), False)
+
+    @property
+    def fd(self) -> int:
+        return self.proc.stdout.fileno()
+
+    def read_lines(self) -> list[str]:
+        chunks = []
+        try:
+            while True:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except BlockingIOError:
+            pass
+        data = self.buffer + b"".join(chunks)
+        *lines, self.buffer = data.split(b"\n")
+        return [line.decode(errors="replace") for line in lines]
+
+    def send(self, text: str) -> bool:
+        try:
+            self.proc.stdin.write(text.encode() + b"\n")
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+
+class StageOut(threading.Thread):
+    """Moves finished ranges' outputs to the output area, off the rank's loop."""
+
+    def __init__(self):
+        super().__init__(daemon=True, name="stage-out")
+        self.todo: queue.Queue = queue.Queue()
+        self.done: queue.Queue = queue.Queue()
+        self.pending = 0
+
+    def submit(self, event: RangeEvent, src: Path, dest: Path) -> None:
+        self.pending += 1
+        self.todo.put((event, src, dest))
+
+    def run(self) -> None:
+        while True:
+            event, src, dest = self.todo.get()
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(src, dest)
+                event.output, event.size = str(dest), dest.stat().st_size
+            except OSError as exc:
+                event.state, event.error_code = "failed", int(ErrorCode.STAGEOUT_FAILED)
+                event.error_diag = f"stage-out of {src} to {dest} failed: {exc}"
+            self.done.put(event)
+
+    def collect(self) -> list[RangeEvent]:
+        events = []
+        while True:
+            try:
+                events.append(self.done.get_nowait())
+            except queue.Empty:
+                break
+        self.pending -= len(events)
+        return events
+
+
+class EventRunner:
+    """The event-service half of a rank's executor (it shares the executor's cores)."""
+
+    def __init__(self, executor):
+        self.ex = executor
+        self.jobs: dict[int, JobSpec] = {}
+        self.queues: dict[int, deque[RangeSpec]] = {}
+        self.exhausted: set[int] = set()
+        self.procs: dict[int, ESProcess] = {}  # pid -> process
+        self.stage_out = StageOut()
+        self.stage_out.start()
+        self._n = 0
+
+    # ---- input --------------------------------------------------------------------------------
+    def add(self, jobs: list[JobSpec], ranges: list[RangeSpec]) -> None:
+        for spec in jobs:
+            self.jobs[spec.job_id] = spec
+        for r in ranges:
+            self.queues.setdefault(r.job_id, deque()).append(r)
+            self.exhausted.discard(r.job_id)
+
+    def mark_exhausted(self, job_ids) -> None:
+        self.exhausted.update(job_ids)
+
+    @property
+    def idle(self) -> bool:
+        return not self.procs and not any(self.queues.values()) and not self.stage_out.pending
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def fds(self) -> list[int]:
+        return [p.fd for p in self.procs.values()]
+
+    # ---- the loop's step ----------------------------------------------------------------------
+    def step(self) -> list[RangeEvent]:
+        events = self.stage_out.collect()
+        for proc in list(self.procs.values()):
+            events += self.read(proc)
+        events += self.feed()
+        self.start_needed()
+        self.escalate()
+        return events
+
+    def read(self, proc: ESProcess) -> list[RangeEvent]:
+        events = []
+        for line in proc.read_lines():
+            if line.strip() == es.READY:
+                if proc.state in ("starting", "busy"):
+                    proc.state = "ready"
+                continue
+            report = es.parse_report(line)
+            if report is None:
+                proc.out.write(line + "\n")
+                continue
+            events += self.reported(proc, report)
+        proc.out.flush()
+        return events
+
+    def reported(self, proc: ESProcess, report: es.Report) -> list[RangeEvent]:
+        r = proc.current
+        if r is None or report.range_id != r.range_id:
+            logger.warning("rank %d: payload reported range %s it was not given", self.ex.rank, report.range_id)
+            return []
+        proc.current = None
+        if not report.ok:
+            return [self.event(r, "failed", exit_code=None, error_code=report.code, error_diag=report.message,
+                               wall_s=time.monotonic() - proc.started_at)]
+        src = Path(report.output)
+        src = src if src.is_absolute() else proc.workdir / src
+        real = Path(os.path.realpath(src))
+        if not real.is_relative_to(os.path.realpath(proc.workdir)) or not real.is_file():
+            why = "is outside the payload's directory" if real.exists() else "does not exist"
+            return [self.event(r, "failed", error_code=int(ErrorCode.OUTPUT_MISSING),
+                               error_diag=f"range output {report.output} {why}")]
+        dest = Path(proc.spec.output_dir or proc.workdir) / "ranges" / f"{r.range_id}{real.suffix}"
+        self.stage_out.submit(self.event(r, "finished", cpu_s=report.cpu_s, wall_s=report.wall_s), real, dest)
+        return []
+
+    def feed(self) -> list[RangeEvent]:
+        events = []
+        for proc in self.procs.values():
+            if proc.state != "ready" or proc.stop_reason:
+                continue
+            q = self.queues.get(proc.spec.job_id)
+            if q:
+                r = q.popleft()
+                if proc.send(json.dumps([es.EventRange(r.range_id, r.first_event, r.last_event, r.lfn, r.guid,
+                                                       r.scope).to_panda()])):
+                    proc.state, proc.current, proc.started_at = "busy", r, time.monotonic()
+                    events.append(self.event(r, "running"))
+                else:
+                    q.appendleft(r)
+            elif proc.spec.job_id in self.exhausted or self.cores_wanted_elsewhere(proc.spec.job_id):
+                proc.send(es.NO_MORE)
+                proc.state = "closing"
+        return events
+
+    def cores_wanted_elsewhere(self, job_id: int) -> bool:
+        return bool(self.ex.queue) or any(q for j, q in self.queues.items() if j != job_id)
+
+    def start_needed(self) -> None:
+        for job_id, q in self.queues.items():
+            if not q:
+                continue
+            spec = self.jobs[job_id]
+            waiting = sum(1 for p in self.procs.values() if p.spec.job_id == job_id and p.state in ("starting", "ready"))
+            while len(q) > waiting and spec.cores <= self.ex.free_cores and spec.memory_mb <= self.ex.free_memory_mb:
+                if not self.launch(spec):
+                    break
+                waiting += 1
+
+    def launch(self, spec: JobSpec) -> bool:
+        from .executor import payload_argv  # the executor imports this module
+
+        self._n += 1
+        workdir = Path(spec.workdir) / f"rank{self.ex.rank}-{os.getpid()}-{self._n}"
+        env = {**self.ex.base_env, **spec.env, "HPC_EDGE_JOB_ID": str(spec.job_id),
+               "HPC_EDGE_TASK_ID": str(spec.task_id), "HPC_EDGE_RANK": str(self.ex.rank),
+               "HPC_EDGE_CORES": str(spec.cores), "OMP_NUM_THREADS": str(spec.cores), "PYTHONUNBUFFERED": "1"}
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            out = open(workdir / "payload.stdout", "w")
+            with open(workdir / "payload.stderr", "wb") as err:
+                proc = subprocess.Popen(payload_argv(spec.command), cwd=workdir, env=env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+        except OSError as exc:
+            logger.error("rank %d: event-service payload of job %d could not start: %s", self.ex.rank, spec.job_id, exc)
+            return False
+        self.procs[proc.pid] = ESProcess(spec, workdir, proc, out)
+        self.ex.free_cores -= spec.cores
+        self.ex.free_memory_mb -= spec.memory_mb
+        return True
+
+    def ended(self, pid: int, code: int) -> list[RangeEvent]:
+        """A payload process exited (reaped by the executor): account for the range it held."""
+        proc = self.procs.pop(pid)
+        proc.proc.returncode = code
+        events = self.read(proc)
+        proc.out.close()
+        self.ex.free_cores += proc.spec.cores
+        self.ex.free_memory_mb += proc.spec.memory_mb
+        r = proc.current
+        if r is not None:
+            wall = time.monotonic() - proc.started_at
+            exit_code, sig = (code, None) if code >= 0 else (None, -code)
+            if proc.stop_reason:
+                events.append(self.event(r, "preempted", exit_code=exit_code, signal=sig,
+                                         error_code=int(proc.stop_reason[0]), error_diag=proc.stop_reason[1]))
+            else:
+                how = f"signal {sig}" if sig else f"exit code {exit_code}"
+                events.append(self.event(r, "failed", exit_code=exit_code, signal=sig, wall_s=wall,
+                                         error_code=int(ErrorCode.KILLED_BY_SIGNAL if sig else ErrorCode.NONZERO_EXIT),
+                                         error_diag=f"payload died during the range ({how})"))
+        return events
+
+    # ---- stopping -----------------------------------------------------------------------------
+    def kill_all(self, reason: ErrorCode, diag: str) -> list[RangeEvent]:
+        """Queued ranges go back at once; payloads get SIGTERM (their range in flight follows)."""
+        events = [self.event(r, "preempted", error_code=int(reason), error_diag=diag)
+                  for q in self.queues.values() for r in q]
+        self.queues.clear()
+        for proc in self.procs.values():
+            if proc.stop_reason is None:
+                proc.stop_reason, proc.sigterm_at = (reason, diag), time.monotonic()
+                _killpg(proc.proc.pid, signal.SIGTERM)
+        return events
+
+    def escalate(self) -> None:
+        now = time.monotonic()
+        for proc in self.procs.values():
+            if proc.sigterm_at is not None and now - proc.sigterm_at > 5.0:
+                _killpg(proc.proc.pid, signal.SIGKILL)
+
+    def hard_kill_all(self) -> None:
+        for pid in list(self.procs):
+            _killpg(pid, signal.SIGKILL)
+
+    def event(self, r: RangeSpec, state: str, **kw) -> RangeEvent:
+        return RangeEvent(range_id=r.range_id, job_id=r.job_id, state=state, t=time.time(), rank=self.ex.rank,
+                          host=self.ex.host, **kw)
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,121 @@
+"""Event-service payloads: the AthenaMP-style protocol on a payload's stdin/stdout, and a helper to
+write such a payload as a plain function of a range.
+
+The payload prints ``Ready for events``; it then reads one line: a JSON list of ranges
+(``eventRangeID``, ``startEvent``, ``lastEvent``, ``LFN``, ``GUID``, ``scope``) or ``No more events``.
+For each finished range it prints ``<output path>,ID:<range id>,CPU:<s>,WALL:<s>``; for a range it
+could not process, ``ERR,ID:<range id>,CODE:<n>,MSG:<text>``. Any other line is ordinary output.
+
+    from hpc_edge.eventservice import serve
+
+    def simulate(r):             # r.range_id, r.first_event, r.last_event, r.lfn
+        path = f"{r.range_id}.h5"
+        ...                      # write the range's events there
+        return path
+
+    serve(simulate)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, TextIO
+
+READY = "Ready for events"
+NO_MORE = "No more events"
+_DONE = re.compile(r"^(?P<path>.+),ID:(?P<id>[^,]+),CPU:(?P<cpu>[0-9.eE+-]+),WALL:(?P<wall>[0-9.eE+-]+)\s*$")
+_ERR = re.compile(r"^ERR,ID:(?P<id>[^,]+),CODE:(?P<code>-?\d+),MSG:(?P<msg>.*)$")
+PAYLOAD_ERROR = 2001  # default code of a range the payload reports as failed (experiment range)
+
+
+@dataclass(frozen=True)
+class EventRange:
+    range_id: str
+    first_event: int
+    last_event: int
+    lfn: str = ""
+    guid: str = ""
+    scope: str = ""
+
+    @property
+    def events(self) -> range:
+        return range(self.first_event, self.last_event + 1)
+
+    def to_panda(self) -> dict:
+        return {"eventRangeID": self.range_id, "startEvent": self.first_event, "lastEvent": self.last_event,
+                "LFN": self.lfn, "GUID": self.guid, "scope": self.scope}
+
+    @classmethod
+    def from_panda(cls, d: dict) -> "EventRange":
+        return cls(str(d["eventRangeID"]), int(d["startEvent"]), int(d["lastEvent"]), str(d.get("LFN") or ""),
+                   str(d.get("GUID") or ""), str(d.get("scope") or ""))
+
+
+@dataclass(frozen=True)
+class Report:
+    """A line the payload wrote about a range: done (with output) or failed (with code and message)."""
+
+    range_id: str
+    ok: bool
+    output: str | None = None
+    cpu_s: float | None = None
+    wall_s: float | None = None
+    code: int | None = None
+    message: str = ""
+
+
+def parse_report(line: str) -> Report | None:
+    """A payload's stdout line as a range report, or None if it is ordinary output."""
+    line = line.rstrip("\n")
+    m = _ERR.match(line)
+    if m:
+        return Report(m["id"], False, code=int(m["code"]), message=m["msg"])
+    m = _DONE.match(line)
+    if m:
+        return Report(m["id"], True, output=m["path"], cpu_s=float(m["cpu"]), wall_s=float(m["wall"]))
+    return None
+
+
+def format_done(output: str, range_id: str, cpu_s: float, wall_s: float) -> str:
+    return f"{output},ID:{range_id},CPU:{cpu_s:.6f},WALL:{wall_s:.6f}"
+
+
+def format_error(range_id: str, code: int, message: str) -> str:
+    return f"ERR,ID:{range_id},CODE:{code},MSG:{' '.join(message.split())[:500]}"
+
+
+def serve(process: Callable[[EventRange], str], stdin: TextIO | None = None, stdout: TextIO | None = None,
+          ranges_per_request: int = 1) -> int:
+    """Run the payload side of the protocol until ``No more events``; return the number of ranges done.
+
+    ``process(range)`` returns the path of the range's output file; an exception reports the range
+    as failed (``ERR``) and the payload goes on with the next one.
+    """
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    done = 0
+    while True:
+        print(READY, file=stdout, flush=True)
+        line = stdin.readline()
+        if not line or line.strip() == NO_MORE:
+            return done
+        try:
+            ranges = [EventRange.from_panda(d) for d in json.loads(line)]
+        except (ValueError, KeyError, TypeError) as exc:
+            print(f"hpc-edge payload: cannot read ranges from {line.strip()[:200]!r}: {exc}", file=sys.stderr)
+            return done
+        for r in ranges:
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            try:
+                output = process(r)
+            except Exception as exc:  # noqa: BLE001 - the payload reports the range as failed, goes on
+                print(format_error(r.range_id, PAYLOAD_ERROR, f"{type(exc).__name__}: {exc}"), file=stdout,
+                      flush=True)
+                continue
+            print(format_done(str(output), r.range_id, time.process_time() - cpu0, time.perf_counter() - wall0),
+                  file=stdout, flush=True)
+            done += 1

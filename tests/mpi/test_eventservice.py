@@ -1,0 +1,123 @@
+"""Event service for real: ``mpiexec -n 4`` ranks, AthenaMP-style payloads, merged HDF5, no event lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.helpers import EXAMPLES, HPC_EDGE, jobs_by, processes_under, query, run_json, scalar, wait_for, write_workload
+
+sys.path.insert(0, str(EXAMPLES / "payloads"))
+from toy_detector import simulate_event  # noqa: E402
+
+pytestmark = pytest.mark.mpi
+
+
+def merged(data: Path, task: str, job_id: int) -> h5py.File:
+    return h5py.File(data / "outputs" / task / str(job_id) / f"{task}.{job_id}.h5")
+
+
+def check_events_against_seeds(f: h5py.File, sample: int = 25) -> None:
+    numbers = f["event_number"][:]
+    for i in np.linspace(0, len(numbers) - 1, sample).astype(int):
+        expected = simulate_event(int(numbers[i]))
+        assert f["n_particles"][i] == expected["n_particles"]
+        assert f["energy_sum"][i] == expected["energy_sum"]
+        assert np.array_equal(f["calo"][i], expected["calo"])
+
+
+def test_example_on_four_ranks_merges_every_event_once_in_order(tmp_path):
+    data = tmp_path / "run"
+    code, summary = run_json("run", EXAMPLES / "eventservice.yaml", "--ranks", "4", "--data-dir", data)
+    assert code == 0, summary
+    assert summary["states"] == {"finished": 2}
+    for job_id, first in ((1, 0), (2, 1000)):
+        with merged(data, "toysim", job_id) as f:
+            assert np.array_equal(f["event_number"][:], np.arange(first, first + 1000))
+            assert f.attrs["n_events"] == 1000 and f.attrs["n_ranges"] == 100
+            assert list(f.attrs["range_first_event"]) == list(range(first, first + 1000, 10))
+            check_events_against_seeds(f)
+    ranges = query(data, "SELECT state, count(*), count(DISTINCT rank) FROM ranges GROUP BY state")
+    assert ranges == [("finished", 200, 4)], "every range finished, spread over all 4 ranks"
+
+
+def test_killed_mpi_job_loses_no_event(tmp_path):
+    workload = write_workload(tmp_path, f"""
+name: es-kill
+tasks:
+  - name: sim
+    event_service: true
+    command: python {EXAMPLES}/payloads/toy_detector.py
+    events: 3000
+    events_per_range: 10
+""")
+    data = tmp_path / "run"
+
+    proc = subprocess.Popen([*HPC_EDGE, "run", workload, "--ranks", "2", "--data-dir", data, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: scalar(data, "SELECT count(*) FROM ranges WHERE state='finished'") >= 60, 120,
+                 "a fifth of the ranges done")
+        (batch_id,) = query(data, "SELECT batch_id FROM workers WHERE worker_id='local-00001'")[0]
+        os.killpg(int(batch_id.split(":")[0]), signal.SIGKILL)  # the whole MPI job, at once
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    workers = query(data, "SELECT worker_id, state FROM workers ORDER BY worker_id")
+    assert workers[0] == ("local-00001", "failed") and len(workers) >= 2
+    states = query(data, "SELECT state, count(*), max(attempt) FROM ranges GROUP BY state")
+    assert states == [("finished", 300, 1)], "ranges of the killed job came back without using an attempt"
+    on_second = query(data, "SELECT count(*) FROM ranges WHERE worker_id != 'local-00001'")[0][0]
+    assert on_second > 0
+    with merged(data, "sim", 1) as f:
+        assert np.array_equal(f["event_number"][:], np.arange(3000))
+        check_events_against_seeds(f)
+    assert processes_under(data) == []
+
+
+def test_payload_crashing_on_a_chosen_range(tmp_path):
+    payload = tmp_path / "crashy.py"
+    payload.write_text(f"""
+import os, sys
+sys.path.insert(0, {str(EXAMPLES / 'payloads')!r})
+from toy_detector import simulate_range
+from hpc_edge.eventservice import serve
+
+def process(r):
+    if r.first_event <= 55 <= r.last_event:
+        os._exit(7)          # dies in the middle of this range, every time
+    return simulate_range(r)
+
+serve(process)
+""")
+    workload = write_workload(tmp_path, f"""
+name: crashy
+tasks:
+  - name: crashy
+    event_service: true
+    command: python {payload}
+    events: 200
+    events_per_range: 10
+    max_attempts: 3
+""")
+    data = tmp_path / "run"
+    code, summary = run_json("run", workload, "--ranks", "2", "--data-dir", data)
+    assert code == 1 and summary["states"] == {"failed": 1}
+    job = jobs_by(data)[1]
+    assert job["error_code"] == 1060 and job["error_diag"] == "1 of 20 ranges failed for good"
+    bad = query(data, "SELECT first_event, state, attempt, exit_code, error_code FROM ranges WHERE state != 'finished'")
+    assert bad == [(50, "failed", 3, 7, 1001)]
+    assert query(data, "SELECT count(*) FROM ranges WHERE state='finished'")[0][0] == 19
+    with merged(data, "crashy", 1) as f:
+        expected = [n for n in range(200) if not 50 <= n <= 59]
+        assert list(f["event_number"][:]) == expected
+        assert f.attrs["n_events"] == 190
