@@ -101,7 +101,7 @@ class JobBook:
         counts[new] += 1
 
     def held_by(self, worker_id: str) -> set[int]:
-        return self.by_worker.get(worker_id, set())
+        return set(self.by_worker.get(worker_id, ()))
 
     # ---- dispatch -----------------------------------------------------------------------------
     def dispatch(self, worker_id: str, cores: int, max_job_cores: int, max_job_memory_mb: int,
@@ -181,7 +181,16 @@ class JobBook:
         return len(ids)
 
     def reconcile(self, worker_id: str, holding: set[int]) -> list[int]:
-        """Jobs a reconnecting relay holds that the tower gave elsewhere: the relay must drop them."""
+        """Square the tower's view with what a (re)connecting relay says it holds.
+
+        Jobs the tower sent to it that it does not know (the answer was lost, or is void because the
+        relay said hello again) go back to the pool without using an attempt. Returns the jobs the
+        relay holds that the tower gave elsewhere: the relay must drop them."""
+        now = time.time()
+        for job_id in sorted(self.held_by(worker_id) - holding):
+            self.end_attempt(job_id, "preempted", now, {
+                "worker_id": worker_id, "error_code": int(ErrorCode.LOST_WORKER),
+                "error_diag": f"sent to {worker_id} but not received: returned to the pool"})
         return sorted(j for j in holding if (inf := self.inflight.get(j)) is None or inf.worker_id != worker_id)
 
     # ---- user actions -------------------------------------------------------------------------

@@ -207,6 +207,20 @@ class RangeBook:
         self.worker_jobs.pop(worker_id, None)
         return len(keys)
 
+    def reconcile(self, worker_id: str, holding: set[str]) -> int:
+        """Ranges assigned to a (re)connecting relay that it does not know go back to ready."""
+        now, n = time.time(), 0
+        for job_id, idx in sorted(self.by_worker.get(worker_id, ())):
+            _, attempt, _ = self.held[(job_id, idx)]
+            es = self.es[job_id]
+            range_id = f"{es.task_id}-{job_id}-{es.geometry[idx][0]}-{idx}-{attempt}"
+            if range_id not in holding:
+                e = p.RangeEvent(range_id=range_id, job_id=job_id, state="preempted", t=now,
+                                 error_code=int(ErrorCode.LOST_WORKER), error_diag="assigned but not received")
+                self.end_range(es, idx, "preempted", e, worker_id)
+                n += 1
+        return n
+
     # ---- bookkeeping --------------------------------------------------------------------------
     def _count(self, es: ESJob, old: str, new: str) -> None:
         es.counts[old] -= 1

@@ -199,6 +199,7 @@ class Tower:
         self.store.update_worker(m.worker_id, state="running", started=time.time(), ends_at=m.ends_at,
                                  last_seen=time.time(), info={"ranks": [r.model_dump() for r in m.ranks]}, **fields)
         release = self.book.reconcile(m.worker_id, set(m.holding))
+        self.ranges.reconcile(m.worker_id, set(m.holding_ranges))
         self.reply(identity, p.Welcome(worker_id=m.worker_id, heartbeat_s=self.cfg.heartbeat_s,
                                        last_seq=live.last_seq, release=release))
 

@@ -130,7 +130,9 @@ class Hello(_Message):
     ranks: list[RankInfo] = Field(min_length=1)
     ends_at: float | None = None
     holding: list[int] = Field(default_factory=list)
+    holding_ranges: list[str] = Field(default_factory=list)
     last_seq: int = Field(default=0, ge=0)
+    last_req: int = Field(default=0, ge=0)
 
 
 class Welcome(_Message):

@@ -12,12 +12,14 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 
 from . import protocol as p
 from .errors import ErrorCode, ProtocolError
 from .executor import Executor
+from .outbox import Outbox
 from .rank import (relay_recv_events, relay_send_exhausted, relay_send_kill, relay_send_ranges, relay_send_stop,
                    relay_send_work)
 
@@ -39,6 +41,8 @@ class RelayConfig:
     max_prefetch: int = 64
     stop_timeout_s: float = 30.0
     curve: tuple[bytes, bytes, bytes] | None = None  # (client public, client secret, server public)
+    outbox_memory_bytes: int = 64 * 2**20
+    spool_dir: Path | None = None
 
 
 class Relay:
@@ -59,7 +63,8 @@ class Relay:
         self.mean_range_wall = 1.0
         self.pending: list = []
         self.pending_since = 0.0
-        self.unacked: dict[int, tuple[bytes, float]] = {}
+        self.unacked = Outbox(config.outbox_memory_bytes, config.spool_dir)
+        self.void_req = 0
         self.seq = 0
         self.req = 0
         self.req_out: float | None = None
@@ -88,6 +93,9 @@ class Relay:
         self.poller.register(self.sock, zmq.POLLIN)
         self.local.install_sigchld_wakeup()
         self.poller.register(self.local.wakeup_fd(), zmq.POLLIN)
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.poller.register(self.monitor, zmq.POLLIN)
+        self._handshakes = 0
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(sig, lambda s, _f: self._signals.append(s))
         self.send_hello()
@@ -109,7 +117,10 @@ class Relay:
                 self.check_drained()
         finally:
             self.local.hard_kill_all()
+            self.sock.disable_monitor()
+            self.monitor.close()
             self.sock.close()
+            self.unacked.close()
 
     def finished(self) -> bool:
         return len(self.stopped_ranks) == len(self.ranks) and not self.pending and (
@@ -121,14 +132,25 @@ class Relay:
         self.last_sent = time.monotonic()
 
     def send_hello(self) -> None:
+        """Say who we are and what we hold (or have reported without an ack yet).
+
+        Work answering any request made before this hello is void: if it still arrives, it is
+        dropped, and the tower returns those jobs to the pool."""
+        self.void_req = self.req
+        self.req_out = None
+        holding = set(self.held) | {s.job_id for s in self.buffer} | self.unacked.known_jobs()
+        ranges = set(self.held_ranges) | {r.range_id for r in self.range_buffer} | self.unacked.known_ranges()
         self.send(p.Hello(worker_id=self.cfg.worker_id, batch_id=self.cfg.batch_id, ranks=self.ranks,
-                          ends_at=self.cfg.ends_at, holding=sorted(self.held), last_seq=self.seq))
+                          ends_at=self.cfg.ends_at, holding=sorted(holding), holding_ranges=sorted(ranges),
+                          last_seq=self.seq, last_req=self.req))
 
     def poll_tower(self) -> None:
         busy = self.pending or self.buffer or self.held or self.held_ranges or self.range_buffer
         events = dict(self.poller.poll(2 if busy else 10))
         if self.local.wakeup_fd() in events:
             self.local.drain_wakeups()
+        if self.monitor in events:
+            self.handle_connection_events()
         if self.sock not in events:
             return
         while True:
@@ -143,16 +165,41 @@ class Relay:
                 continue
             getattr(self, f"handle_{message.kind}", self.handle_unexpected)(message)
 
+    def handle_connection_events(self) -> None:
+        """After a reconnect (a tower restart, a network cut) say hello again and resend what is unacked."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshakes += 1
+                if self._handshakes > 1:
+                    logger.warning("relay %s: reconnected to the tower; saying hello again", self.cfg.worker_id)
+                    self.welcomed = False
+                    self.send_hello()
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                logger.warning("relay %s: lost the connection to the tower; payloads go on", self.cfg.worker_id)
+
     def handle_welcome(self, m: p.Welcome) -> None:
         self.welcomed = True
         self.cfg.heartbeat_s = m.heartbeat_s
-        for seq in [s for s in self.unacked if s <= m.last_seq]:
-            del self.unacked[seq]
-        for seq in sorted(self.unacked):  # the tower restarted or lost them: send again
-            self.sock.send(self.unacked[seq][0])
+        self.unacked.ack_upto(m.last_seq)
+        now = time.monotonic()
+        for seq in sorted(self.unacked.items):  # the tower restarted or lost them: send again
+            self.sock.send(self.unacked.data(seq))
+            self.unacked.mark_sent(seq, now)
+        if m.release:
+            logger.warning("relay %s: the tower gave jobs %s to others; dropping them", self.cfg.worker_id, m.release)
+            self.kill_jobs(set(m.release), ErrorCode.WORKER_STOPPED, "released by the tower")
         logger.info("relay %s: welcomed by the tower", self.cfg.worker_id)
 
     def handle_work(self, m: p.Work) -> None:
+        if m.req <= self.void_req:
+            logger.info("relay %s: dropped work answering void request %d", self.cfg.worker_id, m.req)
+            return
         self.req_out = None
         self.buffer.extend(m.jobs)
         for spec in m.es_jobs:
@@ -164,6 +211,8 @@ class Relay:
         self.exhausted.update(m.exhausted)
 
     def handle_no_work(self, m: p.NoWork) -> None:
+        if m.req <= self.void_req:
+            return
         self.req_out = None
         self.exhausted.update(m.exhausted)
         self.retry_at = time.monotonic() + m.retry_s
@@ -172,7 +221,7 @@ class Relay:
             self.draining = True
 
     def handle_ack(self, m: p.Ack) -> None:
-        self.unacked.pop(m.seq, None)
+        self.unacked.ack(m.seq)
         for command in m.commands:
             if command.action == "kill":
                 self.kill_jobs(set(command.job_ids), ErrorCode.KILLED_BY_USER, command.reason or "killed by user")
@@ -227,16 +276,15 @@ class Relay:
         ranges = coalesce_ranges([e for e in pending if isinstance(e, p.RangeEvent)])
         self.seq += 1
         data = p.encode(p.Update(seq=self.seq, events=jobs, ranges=ranges))
-        self.unacked[self.seq] = (data, time.monotonic())
+        self.unacked.add(self.seq, data, time.monotonic(), (e.job_id for e in jobs), (r.range_id for r in ranges))
         self.sock.send(data)
         self.last_sent = time.monotonic()
 
     def keep_alive(self) -> None:
         now = time.monotonic()
-        for seq, (data, sent) in list(self.unacked.items()):
-            if now - sent > self.cfg.resend_s:
-                self.unacked[seq] = (data, now)
-                self.sock.send(data)
+        for seq in self.unacked.due(now, self.cfg.resend_s):
+            self.unacked.mark_sent(seq, now)
+            self.sock.send(self.unacked.data(seq))
         if self.req_out is not None and now - self.req_out > self.cfg.resend_s:
             self.req_out = None  # the request or its answer was lost; ask again
         if now - self.last_sent > self.cfg.heartbeat_s:
