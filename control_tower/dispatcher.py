@@ -88,7 +88,14 @@ class Dispatcher:
                 budget -= slot.cores
         return taken
 
-    def fits_any(self, max_job_cores: int, max_job_memory_mb: int) -> bool:
-        """Whether any ready job could ever run on a worker this size."""
+    def fits_any(self, max_job_cores: int, max_job_memory_mb: int, remaining_s: float | None = None) -> bool:
+        """Whether any ready job could run on a worker this size with this much time left."""
         return any(self._live[t] > 0 and s.cores <= max_job_cores and s.memory_mb <= max_job_memory_mb
+                   and (remaining_s is None or s.walltime_s + self.walltime_margin_s <= remaining_s)
                    for t, s in self.tasks.items())
+
+    def unfit_tasks(self, max_job_cores: int, max_job_memory_mb: int, remaining_s: float | None) -> list[int]:
+        """Tasks with ready jobs that a worker this size could never run."""
+        return [t for t, s in self.tasks.items() if self._live[t] > 0 and (
+            s.cores > max_job_cores or s.memory_mb > max_job_memory_mb
+            or (remaining_s is not None and s.walltime_s + self.walltime_margin_s > remaining_s))]

@@ -35,9 +35,16 @@ def merge_parts(parts: list[Part], out_dir: Path, stem: str) -> Path:
     """Merge into ``out_dir/stem.h5`` (all parts HDF5) or ``out_dir/stem.tgz``; return the path."""
     parts = sorted(parts, key=lambda p: p.first_event)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if parts and all(p.path.suffix in (".h5", ".hdf5") for p in parts):
-        return merge_hdf5(parts, out_dir / f"{stem}.h5")
-    return archive(parts, out_dir / f"{stem}.tgz")
+    hdf5 = bool(parts) and all(p.path.suffix in (".h5", ".hdf5") for p in parts)
+    out = out_dir / f"{stem}.{'h5' if hdf5 else 'tgz'}"
+    try:
+        return merge_hdf5(parts, out) if hdf5 else archive(parts, out)
+    except MergeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a range file holds, it fails the job, not the tower
+        raise MergeError(f"merging into {out} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        out.with_name(f".{out.name}.tmp").unlink(missing_ok=True)
 
 
 def merge_hdf5(parts: list[Part], out: Path) -> Path:
@@ -53,16 +60,22 @@ def merge_hdf5(parts: list[Part], out: Path) -> Path:
             except OSError as exc:
                 raise MergeError(f"cannot open range output {part.path}: {exc}") from exc
             with src_file as src:
-                here = sorted(k for k in src.keys() if isinstance(src[k], h5py.Dataset))
+                here = _datasets(src)
                 if names is None:
                     names = here
                     for name in names:
                         d = src[name]
+                        if d.ndim == 0:
+                            raise MergeError(f"{part.path}:{name} is a scalar: only per-event datasets merge")
                         dst.create_dataset(name, shape=(0, *d.shape[1:]), maxshape=(None, *d.shape[1:]),
                                            dtype=d.dtype, chunks=True)
                 elif here != names:
                     raise MergeError(f"{part.path} has datasets {here}, the first range had {names}")
+                expected = part.last_event - part.first_event + 1
                 for name in names:
+                    if src[name].ndim == 0 or src[name].shape[0] != expected:
+                        raise MergeError(f"{part.path}:{name} holds {src[name].shape[:1] or 'no'} rows, "
+                                         f"the range has {expected} events")
                     _append(dst[name], src[name], part.path)
         dst.attrs["range_ids"] = np.array([p.range_id for p in parts], dtype=h5py.string_dtype())
         dst.attrs["range_first_event"] = np.array([p.first_event for p in parts], dtype=np.int64)
@@ -72,6 +85,15 @@ def merge_hdf5(parts: list[Part], out: Path) -> Path:
         dst.attrs["n_events"] = int(sum(p.last_event - p.first_event + 1 for p in parts))
     os.replace(tmp, out)
     return out
+
+
+def _datasets(group) -> list[str]:
+    """Paths of every dataset in an HDF5 file, groups included, sorted."""
+    import h5py
+
+    found: list[str] = []
+    group.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return sorted(found)
 
 
 def _append(dst, src, path: Path) -> None:

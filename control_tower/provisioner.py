@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from launchers import BatchState, Launcher, LauncherError, WorkerSpec, get_launcher
 
@@ -54,6 +54,12 @@ class QueueConfig(BaseModel):
     def _walltime(cls, v):
         return None if v is None else parse_duration(v)
 
+    @model_validator(mode="after")
+    def _batch_needs_walltime(self):
+        if self.launcher != "local" and self.walltime is None:
+            raise ValueError(f"queue {self.name!r}: a {self.launcher} queue needs a walltime")
+        return self
+
     @property
     def ranks(self) -> int:
         return self.nodes * self.ranks_per_node
@@ -72,11 +78,15 @@ class Provisioner:
         self.failed_starts: dict[str, int] = {}
         self.error: str | None = None
         self.enabled = True
+        self.warned: set[int] = set()
 
-    def launcher(self, name: str) -> Launcher:
-        if name not in self.launchers:
-            self.launchers[name] = get_launcher(name)
-        return self.launchers[name]
+    def launcher(self, launcher_name: str, queue_name: str | None = None) -> Launcher:
+        """The launcher of a queue (built with its options), or a plain one of that kind."""
+        queue = next((q for q in self.queues if q.name == queue_name and q.launcher == launcher_name), None)
+        key = f"{launcher_name}:{queue.name if queue else ''}"
+        if key not in self.launchers:
+            self.launchers[key] = get_launcher(launcher_name, **(queue.launcher_options if queue else {}))
+        return self.launchers[key]
 
     # ---- the cycle ----------------------------------------------------------------------------
     async def cycle(self) -> None:
@@ -87,13 +97,13 @@ class Provisioner:
     async def watch(self) -> None:
         """Ask each launcher about its live workers; end those the batch system says are gone."""
         live = self.tower.store.workers(live_only=True)
-        by_launcher: dict[str, list[dict]] = {}
+        by_launcher: dict[tuple[str, str], list[dict]] = {}
         for row in live:
             if row["launcher"] != "external" and row["batch_id"]:
-                by_launcher.setdefault(row["launcher"], []).append(row)
-        for name, rows in by_launcher.items():
+                by_launcher.setdefault((row["launcher"], row["queue"]), []).append(row)
+        for (name, queue), rows in by_launcher.items():
             try:
-                states = await asyncio.to_thread(self.launcher(name).status, [r["batch_id"] for r in rows])
+                states = await asyncio.to_thread(self.launcher(name, queue).status, [r["batch_id"] for r in rows])
             except LauncherError as exc:
                 logger.warning("provisioner: %s", exc)
                 continue
@@ -130,9 +140,13 @@ class Provisioner:
         if not len(self.tower.dispatcher) and not self.tower.ranges.ready_count:
             return
         live = self.tower.store.workers(live_only=True)
+        unfit = None
         for queue in self.queues:
             memory = queue.memory_per_rank_mb or 1 << 40
-            if not self.tower.dispatcher.fits_any(queue.cores_per_rank, memory) and \
+            usable = None if queue.walltime is None else queue.walltime - queue.walltime_grace_s
+            here = set(self.tower.dispatcher.unfit_tasks(queue.cores_per_rank, memory, usable))
+            unfit = here if unfit is None else unfit & here
+            if not self.tower.dispatcher.fits_any(queue.cores_per_rank, memory, usable) and \
                     not self.tower.ranges.fits_any(queue.cores_per_rank, memory):
                 continue
             mine = [w for w in live if w["queue"] == queue.name]
@@ -140,6 +154,17 @@ class Provisioner:
             if len(mine) >= queue.max_running or len(waiting) >= queue.max_queued:
                 continue
             await self.submit(queue)
+        self.warn_unfit(unfit or set())
+
+    def warn_unfit(self, task_ids: set[int]) -> None:
+        """Say once per task when its jobs fit no queue (cores, memory or walltime): they would wait forever."""
+        for task_id in task_ids - self.warned:
+            self.warned.add(task_id)
+            name, spec = self.tower.book.tasks[task_id]
+            why = (f"task {name!r} (id {task_id}) needs {spec.cores} cores, {spec.memory_mb} MB and "
+                   f"{spec.walltime:.0f} s + {self.tower.cfg.walltime_margin_s:.0f} s margin per job: no queue offers that")
+            logger.error(why)
+            self.tower.store.log("task", detail=why)
 
     async def submit(self, queue: QueueConfig) -> str:
         store = self.tower.store
@@ -151,7 +176,7 @@ class Provisioner:
                          queue.ranks * queue.cores_per_rank, queue.walltime)
         store.commit()
         try:
-            batch_id = await asyncio.to_thread(self.launcher(queue.launcher).submit, spec)
+            batch_id = await asyncio.to_thread(self.launcher(queue.launcher, queue.name).submit, spec)
         except LauncherError as exc:
             logger.error("provisioner: %s", exc)
             store.update_worker(worker_id, state="failed", ended=time.time())
@@ -185,11 +210,11 @@ class Provisioner:
     # ---- ending -------------------------------------------------------------------------------
     async def cancel_all(self, wait_s: float = 20.0) -> None:
         rows = [r for r in self.tower.store.workers(live_only=True) if r["batch_id"] and r["launcher"] != "external"]
-        by_launcher: dict[str, list[str]] = {}
+        by_launcher: dict[tuple[str, str], list[str]] = {}
         for row in rows:
-            by_launcher.setdefault(row["launcher"], []).append(row["batch_id"])
-        for name, ids in by_launcher.items():
-            launcher = self.launcher(name)
+            by_launcher.setdefault((row["launcher"], row["queue"]), []).append(row["batch_id"])
+        for (name, queue), ids in by_launcher.items():
+            launcher = self.launcher(name, queue)
             try:
                 await asyncio.to_thread(launcher.cancel, ids)
                 if hasattr(launcher, "wait"):

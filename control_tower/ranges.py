@@ -129,8 +129,10 @@ class RangeBook:
                 file_idx, first, last = es.geometry[idx]
                 lfn = task.files[file_idx].name if task.files else ""
                 guid = task.files[file_idx].guid if task.files else ""
+                scope = task.files[file_idx].scope if task.files else ""
                 ranges.append(p.RangeSpec(range_id=f"{es.task_id}-{job_id}-{file_idx}-{idx}-{attempt}",
-                                          job_id=job_id, first_event=first, last_event=last, lfn=lfn, guid=guid))
+                                          job_id=job_id, first_event=first, last_event=last, lfn=lfn, guid=guid,
+                                          scope=scope))
                 self._hold(worker_id, job_id, idx, attempt, "assigned")
                 self._count(es, "ready", "assigned")
                 self._writes.append(("assigned", attempt, worker_id, None, None, None, None, None, None, None,

@@ -104,7 +104,7 @@ class Service:
         row = next((w for w in self.store.workers(live_only=True) if w["worker_id"] == worker_id), None)
         if row is None or not row["batch_id"] or row["launcher"] == "external":
             return False
-        await asyncio.to_thread(self.provisioner.launcher(row["launcher"]).cancel, [row["batch_id"]])
+        await asyncio.to_thread(self.provisioner.launcher(row["launcher"], row["queue"]).cancel, [row["batch_id"]])
         self.store.log("worker", worker_id=worker_id, detail="cancel requested by user")
         return True
 

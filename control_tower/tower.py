@@ -222,10 +222,10 @@ class Tower:
             live.idle_since = now
         holding = bool(self.book.held_by(worker_id)) or bool(self.ranges.held_by(worker_id))
         nothing_ready = not len(self.dispatcher) and not self.ranges.ready_count
-        drain = self.stopping or (not holding and nothing_ready and (
+        nothing_fits = not self.ranges.ready_count and not self.dispatcher.fits_any(
+            m.max_job_cores, m.max_job_memory_mb, m.remaining_s)
+        drain = self.stopping or (not holding and (nothing_ready or nothing_fits) and (
             self.cfg.exit_when_done or now - live.idle_since >= self.cfg.idle_drain_s))
-        drain = drain or (not holding and not self.ranges.ready_count and self.cfg.exit_when_done
-                          and not self.dispatcher.fits_any(m.max_job_cores, m.max_job_memory_mb))
         self.reply(identity, p.NoWork(req=m.req, retry_s=0.2 if holding else 1.0, drain=drain, exhausted=exhausted))
 
     def handle_update(self, identity: bytes, m: p.Update) -> None:

@@ -121,6 +121,8 @@ class TaskSpec(BaseModel):
                 raise ValueError("an event-service task gives exactly one of 'events' or 'files'")
             if self.count is not None or self.inputs is not None:
                 raise ValueError("an event-service task is sized by 'events' or 'files', not 'count' or 'inputs'")
+            if self.files is not None and self.events_per_job is not None:
+                raise ValueError("with 'files' each file is one job: 'events_per_job' does not apply")
         else:
             if (self.count is None) == (self.inputs is None):
                 raise ValueError("give exactly one of 'count' or 'inputs'")

@@ -88,8 +88,7 @@ def format_error(range_id: str, code: int, message: str) -> str:
     return f"ERR,ID:{range_id},CODE:{code},MSG:{' '.join(message.split())[:500]}"
 
 
-def serve(process: Callable[[EventRange], str], stdin: TextIO | None = None, stdout: TextIO | None = None,
-          ranges_per_request: int = 1) -> int:
+def serve(process: Callable[[EventRange], str], stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Run the payload side of the protocol until ``No more events``; return the number of ranges done.
 
     ``process(range)`` returns the path of the range's output file; an exception reports the range
@@ -105,7 +104,7 @@ def serve(process: Callable[[EventRange], str], stdin: TextIO | None = None, std
             return done
         try:
             ranges = [EventRange.from_panda(d) for d in json.loads(line)]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
             print(f"hpc-edge payload: cannot read ranges from {line.strip()[:200]!r}: {exc}", file=sys.stderr)
             return done
         for r in ranges:

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 STDOUT_NAME = "payload.stdout"
 STDERR_NAME = "payload.stderr"
 KILL_GRACE_S = 5.0
+DOUBT_S = 2.0
+_TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 _SHELL_CHARS = set("|&;<>()$`\\\"'*?[]#~=%{}\n")
 
 
@@ -78,6 +80,8 @@ class Executor:
         self.free_cores = self.cores
         self.free_memory_mb = self.memory_mb
         self.es = EventRunner(self)
+        self.term_signal_at: float | None = None  # set by a signal handler: this rank is being terminated
+        self.doubtful: list[tuple[float, Running, int, object]] = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -89,6 +93,7 @@ class Executor:
     def step(self) -> list[JobEvent | RangeEvent]:
         """Reap what ended, start what fits; return the job and range events to report."""
         events = self.reap()
+        events.extend(self.judge_doubtful())
         events.extend(self.start_ready())
         events.extend(self.es.step())
         self.escalate_kills()
@@ -101,7 +106,7 @@ class Executor:
     @property
     def busy(self) -> bool:
         """Payload processes or stage-outs still under way."""
-        return bool(self.running or self.es.procs or self.es.stage_out.pending)
+        return bool(self.running or self.doubtful or self.es.procs or self.es.stage_out.pending)
 
     @property
     def load_cores(self) -> int:
@@ -187,10 +192,31 @@ class Executor:
             run = self.running.pop(pid, None)
             if run is None:
                 continue
-            run.proc.returncode = os.waitstatus_to_exitcode(status)
+            run.proc.returncode = code = os.waitstatus_to_exitcode(status)
             self.free_cores += run.spec.cores
             self.free_memory_mb += run.spec.memory_mb
-            events.append(self._ended(run, run.proc.returncode, usage))
+            if run.stop_reason is None and -code in _TERMINATING_SIGNALS:
+                # the batch system may signal every process of the job (scancel, walltime) a moment
+                # before this rank hears of it: wait for that before blaming the payload
+                self.doubtful.append((time.monotonic() + DOUBT_S, run, code, usage))
+                continue
+            events.append(self._ended(run, code, usage))
+        return events
+
+    def judge_doubtful(self) -> list[JobEvent]:
+        """Payloads killed by a terminating signal: preempted if the rank is being terminated too."""
+        if not self.doubtful:
+            return []
+        now, events, still = time.monotonic(), [], []
+        for deadline, run, code, usage in self.doubtful:
+            if self.term_signal_at is not None:
+                run.stop_reason = ErrorCode.WORKER_STOPPED
+                run.stop_diag = f"killed by signal {-code} as the worker was terminated"
+            elif now < deadline:
+                still.append((deadline, run, code, usage))
+                continue
+            events.append(self._ended(run, code, usage))
+        self.doubtful = still
         return events
 
     def _ended(self, run: Running, code: int, usage) -> JobEvent:

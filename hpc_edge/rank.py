@@ -69,9 +69,15 @@ def rank_loop(comm, executor: Executor) -> None:
     """Run what the relay sends until it says stop; report every state change back."""
     log = logging.LoggerAdapter(logger, {"rank": comm.Get_rank()})
     terminating = []
-    signal.signal(signal.SIGTERM, lambda *_: terminating.append(True))
-    signal.signal(signal.SIGINT, lambda *_: terminating.append(True))
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the walltime warning is the relay's to act on
+
+    def on_terminate(*_):
+        executor.term_signal_at = time.monotonic()
+        terminating.append(True)
+
+    signal.signal(signal.SIGTERM, on_terminate)
+    signal.signal(signal.SIGINT, on_terminate)
+    # the walltime warning is the relay's to act on; here it only explains payloads it may kill
+    signal.signal(signal.SIGUSR1, lambda *_: setattr(executor, "term_signal_at", time.monotonic()))
     executor.install_sigchld_wakeup()
     stopping = False
     while True:

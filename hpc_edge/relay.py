@@ -60,7 +60,7 @@ class Relay:
         self.held_ranges: dict[str, int] = {}            # range id -> rank
         self.exhausted: set[int] = set()                 # jobs the tower has no range left of
         self.exhausted_told: set[int] = set()
-        self.mean_range_wall = 1.0
+        self.mean_range_wall: float | None = None  # learnt from finished ranges
         self.pending: list = []
         self.pending_since = 0.0
         self.unacked = Outbox(config.outbox_memory_bytes, config.spool_dir)
@@ -74,7 +74,7 @@ class Relay:
         self.draining = False
         self.stop_reason: tuple[ErrorCode, str] | None = None
         self.stopped_ranks: set[int] = set()
-        self.mean_wall = 1.0
+        self.mean_wall: float | None = None  # learnt from finished jobs
         self._signals: list[int] = []
         self._mpi_status = None
 
@@ -97,7 +97,7 @@ class Relay:
         self.poller.register(self.monitor, zmq.POLLIN)
         self._handshakes = 0
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-            signal.signal(sig, lambda s, _f: self._signals.append(s))
+            signal.signal(sig, self._on_signal)
         self.send_hello()
 
     def run(self) -> None:
@@ -255,12 +255,15 @@ class Relay:
 
     def target_cores(self) -> int:
         """Cores of work to hold: running plus enough queued to cover the prefetch horizon."""
-        depth = min(self.cfg.max_prefetch, max(1, math.ceil(self.cfg.prefetch_horizon_s / self.mean_wall)))
-        return sum(r.cores for r in self.ranks) * (1 + depth)
+        return sum(r.cores for r in self.ranks) * (1 + self.job_depth())
+
+    def job_depth(self) -> int:
+        """Extra rounds of jobs queued per core: none for long jobs, many for short ones."""
+        return prefetch_depth(self.mean_wall, self.cfg.prefetch_horizon_s, self.cfg.max_prefetch)
 
     def range_depth(self) -> int:
         """Ranges per core a rank holds: enough to cover the horizon, few when ranges are long."""
-        return min(16, max(1, math.ceil(self.cfg.prefetch_horizon_s / self.mean_range_wall)))
+        return max(1, prefetch_depth(self.mean_range_wall, self.cfg.prefetch_horizon_s, 16))
 
     def target_ranges(self) -> int:
         return sum(r.cores for r in self.ranks) * (1 + self.range_depth())
@@ -320,19 +323,19 @@ class Relay:
                     if rank is not None:
                         self.rank_ranges[rank] -= 1
                     if e.wall_s is not None:
-                        self.mean_range_wall = 0.9 * self.mean_range_wall + 0.1 * max(e.wall_s, 1e-4)
+                        self.mean_range_wall = running_mean(self.mean_range_wall, e.wall_s)
                 continue
             if e.state != "running":
                 rank, cores = self.held.pop(e.job_id, (None, 0))
                 if rank is not None:
                     self.rank_load[rank] -= cores
                 if e.wall_s is not None:
-                    self.mean_wall = 0.9 * self.mean_wall + 0.1 * max(e.wall_s, 1e-4)
+                    self.mean_wall = running_mean(self.mean_wall, e.wall_s)
 
     def distribute_work(self) -> None:
         if not self.buffer or self.stop_reason:
             return
-        depth = min(self.cfg.max_prefetch, max(1, math.ceil(self.cfg.prefetch_horizon_s / self.mean_wall)))
+        depth = self.job_depth()
         batches: dict[int, list[p.JobSpec]] = {}
         kept: deque[p.JobSpec] = deque()
         for spec in self.buffer:
@@ -438,6 +441,10 @@ class Relay:
             if not self.unacked or time.monotonic() > self._stop_deadline:
                 self.send(p.Bye(reason=self.stop_reason[1]))
 
+    def _on_signal(self, sig, _frame) -> None:
+        self.local.term_signal_at = time.monotonic()
+        self._signals.append(sig)
+
     def handle_signals(self) -> None:
         while self._signals:
             sig = self._signals.pop()
@@ -449,6 +456,21 @@ class Relay:
     def check_walltime(self) -> None:
         if self.cfg.ends_at is not None and time.time() > self.cfg.ends_at - self.cfg.walltime_grace_s:
             self.stop(ErrorCode.WALLTIME_PREEMPTED, "allocation reaches its walltime")
+
+
+def prefetch_depth(mean_wall: float | None, horizon_s: float, cap: int) -> int:
+    """How many extra rounds of work to queue per core so none waits a round trip.
+
+    Unknown lengths (nothing has finished yet) and jobs much longer than the horizon get none: a
+    queued long job would sit on this worker while another one idles."""
+    if mean_wall is None or horizon_s / mean_wall < 0.05:
+        return 0
+    return min(cap, math.ceil(horizon_s / mean_wall))
+
+
+def running_mean(mean: float | None, value: float, weight: float = 0.2) -> float:
+    value = max(value, 1e-4)
+    return value if mean is None else (1 - weight) * mean + weight * value
 
 
 def coalesce(events: list[p.JobEvent]) -> list[p.JobEvent]:

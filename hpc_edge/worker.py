@@ -60,6 +60,8 @@ def main(argv: list[str]) -> int:
     from .relay import Relay, RelayConfig
 
     ends_at = args.ends_at
+    if ends_at is None and os.environ.get("HPC_EDGE_ALLOCATION_END"):  # set by the batch script
+        ends_at = float(os.environ["HPC_EDGE_ALLOCATION_END"])
     if ends_at is None and args.walltime_s:
         ends_at = time.time() + args.walltime_s
     config = RelayConfig(tower=args.tower, worker_id=args.worker_id, batch_id=args.batch_id,

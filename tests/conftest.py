@@ -18,7 +18,7 @@ def slurm_available() -> tuple[bool, str]:
     except subprocess.TimeoutExpired:
         return False, "sinfo timed out"
     states = out.stdout.split()
-    if out.returncode != 0 or not any(s.rstrip("*") in ("idle", "mixed", "allocated") for s in states):
+    if out.returncode != 0 or not any(s.rstrip("*") in ("idle", "mixed", "allocated", "completing") for s in states):
         return False, f"no usable Slurm node (sinfo: {out.stdout.strip() or out.stderr.strip()})"
     return True, ""
 

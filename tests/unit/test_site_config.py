@@ -70,12 +70,18 @@ def test_typo_elsewhere_names_line_and_key(text, line_no, key):
 
 
 @pytest.mark.parametrize("walltime, seconds", [("'01:30:00'", 5400.0), ("1:30:00", 5400.0), ("30:00", 1800.0),
-                                               ("2h", 7200.0), ("45m", 2700.0), ("90", 90.0), ("1d", 86400.0),
-                                               ("null", None)])
+                                               ("2h", 7200.0), ("45m", 2700.0), ("90", 90.0), ("1d", 86400.0)])
 def test_queue_walltime_strings_parse(walltime, seconds):
     (queue,) = parse_site(queue_yaml(f"walltime: {walltime}")).queues
 
     assert queue.walltime == seconds
+
+
+def test_only_a_local_queue_may_have_no_walltime():
+    (queue,) = parse_site("queues:\n  - name: q\n    launcher: local\n    walltime: null\n").queues
+    assert queue.walltime is None
+    with pytest.raises(SiteError, match=r"site.yaml:2: queues.0: queue 'q': a slurm queue needs a walltime"):
+        parse_site(queue_yaml("walltime: null"), "site.yaml")
 
 
 @pytest.mark.parametrize("walltime", ["2 hours", "1h30m", "0", "-1h", "'1:2:3'"])

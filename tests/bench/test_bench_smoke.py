@@ -1,0 +1,52 @@
+"""The bench harness works: a small quick run writes well-formed JSON lines (figures are not judged)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.bench_smoke
+
+FIGURE_KEYS = {"status", "unit", "repeats", "median", "min", "max", "values"}
+
+
+def test_quick_throughput_writes_well_formed_records(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--only", "throughput",
+         "--throughput-n", "200", "--repeats", "1", "--no-parsl", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"bench/run.py exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    files = list(tmp_path.glob("*.jsonl"))
+    assert len(files) == 1, f"expected one results file, found {files}"
+    rows = [json.loads(line) for line in files[0].read_text().splitlines() if line.strip()]
+    assert rows, "the results file is empty"
+    for row in rows:
+        assert row["benchmark"] == "throughput"
+        assert row["figure"] and row["params"]["n"] == 200 and row["params"]["ranks"] == 2
+        ours = row["ours"]
+        assert FIGURE_KEYS <= set(ours), f"our figure lacks {FIGURE_KEYS - set(ours)}"
+        assert ours["status"] == "ok" and ours["repeats"] == len(ours["values"]) >= 1
+        assert ours["min"] <= ours["median"] <= ours["max"] and ours["min"] > 0
+        assert set(row["peers"]) == {"raw_subprocess", "process_pool", "parsl_htex"}
+        for name in ("raw_subprocess", "process_pool"):
+            assert row["peers"][name]["status"] == "ok" and row["peers"][name]["median"] > 0
+            assert row["ratios"][name] == pytest.approx(ours["median"] / row["peers"][name]["median"])
+        assert row["peers"]["parsl_htex"]["status"].startswith("skipped: ")
+        assert row["ratios"]["parsl_htex"] is None
+        for target in row["targets"]:
+            assert {"text", "op", "value", "actual", "met"} <= set(target)
+        assert row["met"] in (True, False, None)
+        machine = row["machine"]
+        assert machine["cpu_count"] >= 1 and machine["python"].count(".") == 2 and machine["hostname"]
+        assert row["run"]["quick"] is True
+    wall = next(r for r in rows if "wall-clock" in r["figure"])
+    assert [t["text"] for t in wall["targets"]] == [">= 0.8x raw subprocess", ">= 3x Parsl HTEX"]
+    assert wall["targets"][0]["met"] in (True, False)   # raw ran, so this target was judged
+    assert wall["targets"][1]["met"] is None            # Parsl skipped: not judged
+    assert "throughput" in proc.stdout and str(files[0]) in proc.stdout.replace("\n", "")

@@ -1,0 +1,69 @@
+"""kill -9 of the tower mid-run: relays keep their payloads going, reconnect to the restarted tower,
+resend what was not acknowledged, and every job finishes exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from collections import Counter
+
+import psutil
+import pytest
+
+from tests.helpers import processes_under, query, run_cli, wait_for, write_workload
+
+pytestmark = [pytest.mark.mpi, pytest.mark.fault]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tower_killed_and_restarted_loses_and_repeats_nothing(tmp_path):
+    home = tmp_path / "tower"
+    env = {"HPC_EDGE_HOME": str(home)}
+    ran = tmp_path / "ran.log"
+    site = write_workload(tmp_path, f"""
+tower: {{bind: "tcp://127.0.0.1:{free_port()}", heartbeat_s: 2, idle_drain_s: 30, lost_after_s: 120}}
+provision_interval_s: 0.5
+queues: [{{name: local, launcher: local, ranks_per_node: 2, cores_per_rank: 1}}]
+""", "site.yaml")
+    workload = write_workload(tmp_path, f"""
+name: many
+tasks:
+  - name: many
+    command: sleep 0.01; echo {{job_id}} >> {ran}
+    count: 1200
+    walltime: 1m
+""")
+    run_cli("tower", "start", "--site", site, env=env, check=True)
+    try:
+        run_cli("submit", workload, env=env, check=True)
+
+        def finished() -> int:
+            return json.loads(run_cli("status", "--json", env=env, check=True).stdout)["totals"].get("finished", 0)
+
+        wait_for(lambda: finished() >= 250, 120, "a fifth of the jobs finished")
+        pid = int((home / "tower.pid").read_text())
+        worker = query(home, "SELECT batch_id FROM workers WHERE state='running'")[0][0]
+        os.kill(pid, signal.SIGKILL)
+        psutil.Process(pid).wait(30)
+        mpiexec = psutil.Process(int(worker.split(":")[0]))
+        assert mpiexec.is_running(), "the MPI job outlives its tower"
+        run_cli("tower", "start", "--site", site, env=env, check=True)
+        wait_for(lambda: finished() == 1200, 240, "all 1200 jobs finished after the restart")
+        assert query(home, "SELECT count(*) FROM workers")[0][0] == 1, "the same worker carried on"
+    finally:
+        run_cli("tower", "stop", env=env)
+    # exactly once, by the store ...
+    assert query(home, "SELECT state, count(*) FROM jobs GROUP BY state") == [("finished", 1200)]
+    per_job = dict(query(home, "SELECT job_id, count(*) FROM attempts WHERE state='finished' GROUP BY job_id"))
+    assert len(per_job) == 1200 and set(per_job.values()) == {1}
+    # ... and by the payloads' own output
+    runs = Counter(int(line) for line in ran.read_text().split())
+    assert len(runs) == 1200 and set(runs.values()) == {1}
+    assert processes_under(home) == []
