@@ -7,6 +7,7 @@
     GET  /api/workers                      workers
     POST /api/workloads   (YAML body)      submit a workload           [token]
     POST /api/kill        {"jobs": [...]} | {"task": id} | {"worker": id}  [token]
+    POST /api/retry       {"jobs": [...]} | {"task": id, "states": ["failed"]}  [token]
 """
 
 from __future__ import annotations
@@ -132,10 +133,28 @@ def build_app(service) -> web.Application:
         tower.flush()
         return web.json_response(result)
 
+    async def retry(request):
+        if not authorized(request):
+            return _error(401, "a valid token is needed")
+        try:
+            body = json.loads(await request.text())
+            if not isinstance(body, dict):
+                raise ValueError("body must be a JSON object")
+            if "task" in body:
+                states = body.get("states") or ["failed", "cancelled"]
+                ids = [j["job_id"] for s in states for j in store.jobs(s, int(body["task"]), limit=100_000_000)]
+            else:
+                ids = [int(j) for j in body.get("jobs", [])]
+        except (ValueError, TypeError) as exc:
+            return _error(400, f"bad body: {exc}")
+        result = tower.retry_jobs(sorted(ids))
+        tower.flush()
+        return web.json_response(result)
+
     app.add_routes([
         web.get("/api/status", status), web.get("/api/jobs", jobs), web.get("/api/jobs/{job_id}", job),
         web.get("/api/jobs/{job_id}/log/{stream}", job_log), web.get("/api/workers", workers),
-        web.post("/api/workloads", submit), web.post("/api/kill", kill),
+        web.post("/api/workloads", submit), web.post("/api/kill", kill), web.post("/api/retry", retry),
     ])
     return app
 

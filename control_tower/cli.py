@@ -246,6 +246,23 @@ def kill(job_ids, data_dir, task, worker):
     click.echo(json.dumps(client.kill(body)))
 
 
+@main.command()
+@click.argument("job_ids", type=int, nargs=-1)
+@data_dir_option
+@click.option("--task", type=int, default=None, help="retry the jobs of this task that did not finish")
+@click.option("--failed", "failed_only", is_flag=True, help="with --task: only failed jobs, not cancelled ones")
+def retry(job_ids, data_dir, task, failed_only):
+    """Send failed (or cancelled) jobs again: one more attempt each."""
+    if not job_ids and task is None:
+        raise click.UsageError("name jobs or --task")
+    client = TowerClient.from_data_dir(data_dir or default_home())
+    if task is not None:
+        body = {"task": task, "states": ["failed"] if failed_only else ["failed", "cancelled"]}
+    else:
+        body = {"jobs": list(job_ids)}
+    click.echo(json.dumps(client.retry(body)))
+
+
 @main.group()
 def keys():
     """CURVE keys for the tower and its workers."""

@@ -74,3 +74,6 @@ class TowerClient:
 
     def kill(self, body: dict) -> dict:
         return self._call("POST", "/api/kill", json.dumps(body).encode())
+
+    def retry(self, body: dict) -> dict:
+        return self._call("POST", "/api/retry", json.dumps(body).encode())

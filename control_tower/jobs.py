@@ -7,6 +7,7 @@ an attempt superseded by a retry or a preemption is recorded as ``closed``.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import Counter
@@ -47,6 +48,7 @@ class JobBook:
         self.inflight: dict[int, Inflight] = {}
         self.by_worker: dict[str, set[int]] = {}
         self.stale_events = 0
+        self.backoff: list[tuple[float, int, int]] = []  # (ready at, job, task): retries waiting out a back-off
 
     # ---- loading ------------------------------------------------------------------------------
     def load(self) -> None:
@@ -122,12 +124,18 @@ class JobBook:
                 command=render_command(task.command, index=idx, inputs=inputs, job_id=job_id,
                                        attempt=attempt, task=name, workload_dir=task.workload_dir),
                 cores=task.cores, memory_mb=task.memory_mb, walltime_s=task.walltime,
-                workdir=str(workdir), env=task.env, outputs=task.outputs))
+                workdir=str(workdir), env=task.env, outputs=task.outputs, limits=self.limits(task)))
             sent.append((dispatch, worker_id, str(workdir), now, job_id))
             self._hold(job_id, Inflight(task_id, worker_id, dispatch, attempt))
             self._move(task_id, "activated", "sent")
         self.store.mark_sent(sent)
         return specs
+
+    @staticmethod
+    def limits(task: TaskSpec) -> p.JobLimits:
+        lim = task.limits
+        return p.JobLimits(looping_s=lim.looping, max_output_mb=lim.max_output_mb, max_workdir_mb=lim.max_workdir_mb,
+                           memory_mb=lim.memory_mb, check_s=lim.check_every)
 
     # ---- events from relays -------------------------------------------------------------------
     def apply(self, worker_id: str, e: p.JobEvent) -> None:
@@ -152,11 +160,16 @@ class JobBook:
         task_id = inf.task_id
         _, spec = self.tasks[task_id]
         code = fields.get("error_code")
-        if state == "failed" and counts_as_attempt(code) and inf.attempt < spec.max_attempts:
+        if state == "failed" and counts_as_attempt(code) and inf.attempt < spec.max_attempts \
+                and spec.retries(code):
             self.store.record_attempt(job_id, inf.dispatch, inf.attempt, "closed", fields)
             self.store.set_job_state(job_id, "activated", t, fields, attempt=inf.attempt + 1,
                                      note=f"closed attempt {inf.attempt} ({fields.get('error_diag')}); retrying")
-            self._requeue(job_id, task_id, inf.state)
+            if spec.retry_backoff:
+                self._move(task_id, inf.state, "activated")
+                heapq.heappush(self.backoff, (time.monotonic() + spec.retry_backoff, job_id, task_id))
+            else:
+                self._requeue(job_id, task_id, inf.state)
         elif state == "preempted" or (state == "failed" and not counts_as_attempt(code)):
             self.store.record_attempt(job_id, inf.dispatch, inf.attempt, "closed", fields)
             self.store.set_job_state(job_id, "activated", t, fields,
@@ -170,6 +183,29 @@ class JobBook:
     def _requeue(self, job_id: int, task_id: int, old_state: str) -> None:
         self._move(task_id, old_state, "activated")
         self.dispatcher.push(task_id, job_id, front=True)
+
+    def release_backoffs(self) -> None:
+        """Jobs whose retry back-off has passed become ready."""
+        now = time.monotonic()
+        while self.backoff and self.backoff[0][0] <= now:
+            _, job_id, task_id = heapq.heappop(self.backoff)
+            self.dispatcher.push(task_id, job_id, front=True)
+
+    def retry(self, job_ids: list[int]) -> dict:
+        """Send failed or cancelled jobs again by hand: one more attempt each, whatever max_attempts says."""
+        retried, skipped = [], []
+        now = time.time()
+        for job_id in job_ids:
+            row = self.store.job(job_id)
+            if row is None or row["state"] not in ("failed", "cancelled") or self.tasks[row["task_id"]][1].event_service:
+                skipped.append(job_id)
+                continue
+            self.store.set_job_state(job_id, "activated", now, {}, attempt=row["attempt"] + 1,
+                                     note=f"retried by hand after {row['state']}")
+            self._move(row["task_id"], row["state"], "activated")
+            self.dispatcher.push(row["task_id"], job_id, front=True)
+            retried.append(job_id)
+        return {"retried": retried, "skipped": skipped}
 
     def release_worker(self, worker_id: str, code: ErrorCode, diag: str) -> int:
         """Every job still out on a worker that is gone goes back to the pool."""

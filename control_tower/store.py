@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 1, dispatch INTEGER NOT NULL DEFAULT 0,
     worker_id TEXT, rank INTEGER, host TEXT, pid INTEGER, workdir TEXT,
     exit_code INTEGER, signal INTEGER, error_code INTEGER, error_diag TEXT,
-    cpu_s REAL, wall_s REAL, max_rss_kb INTEGER, start_time REAL, end_time REAL, files TEXT,
+    cpu_s REAL, wall_s REAL, max_rss_kb INTEGER, start_time REAL, end_time REAL, files TEXT, report TEXT,
     updated REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_task_state ON jobs (task_id, state);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
@@ -187,8 +187,9 @@ class Store:
     def set_job_state(self, job_id: int, state: str, t: float, fields: dict, attempt: int | None = None,
                       note: str | None = None) -> None:
         cols = {k: v for k, v in fields.items() if k in JOB_FIELDS}
-        if "files" in fields:
-            cols["files"] = json.dumps(fields["files"])
+        for key in ("files", "report"):
+            if key in fields:
+                cols[key] = json.dumps(fields[key])
         if attempt is not None:
             cols["attempt"] = attempt
         sets = ", ".join(f"{k}=?" for k in cols)
@@ -210,6 +211,7 @@ class Store:
             return None
         out = dict(zip([c[0] for c in cur.description], row))
         out["files"] = json.loads(out["files"]) if out["files"] else []
+        out["report"] = json.loads(out["report"]) if out["report"] else None
         out["inputs"] = json.loads(out["inputs"]) if out["inputs"] else None
         return out
 

@@ -143,6 +143,7 @@ class Tower:
                     continue
                 self.handle_message(identity, data)
         self.expire_lost_workers()
+        self.book.release_backoffs()
         self.run_merges()
         self.flush()
 
@@ -221,7 +222,7 @@ class Tower:
         if live.idle_since is None:
             live.idle_since = now
         holding = bool(self.book.held_by(worker_id)) or bool(self.ranges.held_by(worker_id))
-        nothing_ready = not len(self.dispatcher) and not self.ranges.ready_count
+        nothing_ready = not len(self.dispatcher) and not self.ranges.ready_count and not self.book.backoff
         nothing_fits = not self.ranges.ready_count and not self.dispatcher.fits_any(
             m.max_job_cores, m.max_job_memory_mb, m.remaining_s)
         drain = self.stopping or (not holding and (nothing_ready or nothing_fits) and (
@@ -333,6 +334,9 @@ class Tower:
         for worker_id, ids in result.pop("by_worker").items():
             self.command(worker_id, p.Command(action="kill", job_ids=ids, reason=reason))
         return result
+
+    def retry_jobs(self, job_ids: list[int]) -> dict:
+        return self.book.retry(job_ids)
 
     def done(self) -> bool:
         """Whether every job has reached a final state."""

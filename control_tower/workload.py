@@ -65,6 +65,29 @@ class EventFile(BaseModel):
     scope: str = ""
 
 
+RETRY_CLASSES = {
+    "exit": 1001, "signal": 1002, "start": 1003, "looping": 1005, "output_size": 1006, "disk": 1007,
+    "memory": 1008, "reported": 1009, "missing_output": 1010, "empty_output": 1011, "stageout": 1050,
+}
+
+
+class TaskLimits(BaseModel):
+    """What the node enforces on each running payload of the task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    looping: float | None = Field(default=None, description="kill after this long with no CPU and no output")
+    max_output_mb: int | None = Field(default=None, gt=0, description="stdout + stderr")
+    max_workdir_mb: int | None = Field(default=None, gt=0)
+    memory_mb: int = Field(default=0, ge=0, description="RSS of the payload's process tree; 0: none")
+    check_every: float = Field(default=10.0, description="seconds between checks")
+
+    @field_validator("looping", "check_every", mode="before")
+    @classmethod
+    def _durations(cls, v):
+        return None if v is None else parse_duration(v)
+
+
 class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -79,6 +102,9 @@ class TaskSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     outputs: list[str] = Field(default_factory=list)
     max_attempts: int = Field(default=3, ge=1, le=100)
+    retry_on: list[str] | None = Field(default=None, description="failure classes that are retried; none: all")
+    retry_backoff: float = Field(default=0.0, ge=0, description="seconds before a failed job is tried again")
+    limits: TaskLimits = Field(default_factory=TaskLimits)
     priority: int = 0
     workload_dir: str | None = Field(default=None, description="{workload_dir}; default: the file's directory")
     event_service: bool = False
@@ -91,6 +117,25 @@ class TaskSpec(BaseModel):
     @classmethod
     def _walltime(cls, v):
         return parse_duration(v)
+
+    @field_validator("retry_backoff", mode="before")
+    @classmethod
+    def _backoff(cls, v):
+        return 0.0 if v in (0, "0", "0s") else parse_duration(v)
+
+    @field_validator("retry_on")
+    @classmethod
+    def _retry_classes(cls, v):
+        for name in v or ():
+            if name not in RETRY_CLASSES:
+                raise ValueError(f"unknown failure class {name!r} (known: {', '.join(sorted(RETRY_CLASSES))})")
+        return v
+
+    def retries(self, error_code: int | None) -> bool:
+        """Whether a failure with this code is retried (attempts permitting)."""
+        if self.retry_on is None:
+            return True
+        return error_code in {RETRY_CLASSES[name] for name in self.retry_on}
 
     @field_validator("outputs")
     @classmethod

@@ -27,6 +27,11 @@ class ErrorCode(enum.IntEnum):
     NONZERO_EXIT = 1001
     KILLED_BY_SIGNAL = 1002
     START_FAILED = 1003
+    LOOPING = 1005
+    OUTPUT_TOO_LARGE = 1006
+    WORKDIR_TOO_LARGE = 1007
+    MEMORY_EXCEEDED = 1008
+    PAYLOAD_REPORTED = 1009
     OUTPUT_MISSING = 1010
     OUTPUT_EMPTY = 1011
     WALLTIME_PREEMPTED = 1020
@@ -36,6 +41,12 @@ class ErrorCode(enum.IntEnum):
     STAGEOUT_FAILED = 1050
     RANGES_FAILED = 1060
     MERGE_FAILED = 1061
+
+    @property
+    def is_limit(self) -> bool:
+        """A limit the monitor enforced by killing the payload (a failure of the payload)."""
+        return self in (ErrorCode.LOOPING, ErrorCode.OUTPUT_TOO_LARGE, ErrorCode.WORKDIR_TOO_LARGE,
+                        ErrorCode.MEMORY_EXCEEDED)
 
     @property
     def counts_as_attempt(self) -> bool:

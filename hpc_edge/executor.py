@@ -21,7 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ErrorCode
+from .errors import PLUGIN_CODE_RANGE, ErrorCode
+from .monitor import Progress, check, read_job_report
 from .esrunner import EventRunner
 from .protocol import FileInfo, JobEvent, JobSpec, RangeEvent
 
@@ -62,6 +63,8 @@ class Running:
     stop_reason: ErrorCode | None = None
     stop_diag: str = ""
     sigterm_at: float | None = None
+    progress: Progress = field(default_factory=Progress)
+    next_check: float = 0.0
 
 
 @dataclass
@@ -96,8 +99,23 @@ class Executor:
         events.extend(self.judge_doubtful())
         events.extend(self.start_ready())
         events.extend(self.es.step())
+        self.enforce_limits()
         self.escalate_kills()
         return events
+
+    def enforce_limits(self) -> None:
+        """Every few seconds, check each payload against its job's limits; kill those over one."""
+        now = time.monotonic()
+        for run in self.running.values():
+            if run.stop_reason is not None or now < run.next_check:
+                continue
+            if not run.next_check:
+                run.progress.since = now
+            run.next_check = now + run.spec.limits.check_s
+            broken = check(run, now)
+            if broken is not None:
+                logger.warning("rank %d: job %d: %s", self.rank, run.spec.job_id, broken[1])
+                self.kill({run.spec.job_id}, *broken)
 
     @property
     def idle(self) -> bool:
@@ -229,9 +247,18 @@ class Executor:
         )
         exit_code, sig = (code, None) if code >= 0 else (None, -code)
         if run.stop_reason is not None:
-            state = "cancelled" if run.stop_reason is ErrorCode.KILLED_BY_USER else "preempted"
-            return self._event(spec, state, end, exit_code=exit_code, signal=sig,
+            return self._event(spec, _stop_state(run.stop_reason), end, exit_code=exit_code, signal=sig,
                                error_code=run.stop_reason, error_diag=run.stop_diag, **measures)
+        report, refused = read_job_report(Path(spec.workdir))
+        if refused:
+            logger.warning("rank %d: job %d: %s", self.rank, spec.job_id, refused)
+        if report is not None:
+            measures["report"] = report
+            if report["exitCode"] != 0:
+                code_ = report["exitCode"] if report["exitCode"] in PLUGIN_CODE_RANGE else ErrorCode.PAYLOAD_REPORTED
+                return self._event(spec, "failed", end, exit_code=exit_code, signal=sig, error_code=code_,
+                                   error_diag=f"jobReport.json: exitCode {report['exitCode']}: {report['exitMsg']}"[:4000],
+                                   **measures)
         if sig is not None:
             return self._event(spec, "failed", end, signal=sig, error_code=ErrorCode.KILLED_BY_SIGNAL,
                                error_diag=f"killed by signal {sig} ({_signame(sig)})", **measures)
@@ -255,6 +282,7 @@ class Executor:
                 run.stop_reason, run.stop_diag = reason, diag
                 run.sigterm_at = time.monotonic()
                 _killpg(run.proc.pid, signal.SIGTERM)
+                _killpg(run.proc.pid, signal.SIGCONT)  # a stopped payload must run to die of SIGTERM
         return events
 
     def kill_all(self, reason: ErrorCode, diag: str) -> list[JobEvent | RangeEvent]:
@@ -294,7 +322,9 @@ def check_outputs(workdir: Path, outputs: list[str]) -> tuple[list[FileInfo], tu
 
 
 def _stop_state(reason: ErrorCode) -> str:
-    return "cancelled" if reason is ErrorCode.KILLED_BY_USER else "preempted"
+    if reason is ErrorCode.KILLED_BY_USER:
+        return "cancelled"
+    return "failed" if reason.is_limit else "preempted"
 
 
 def _killpg(pid: int, sig: int) -> None:

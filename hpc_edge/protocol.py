@@ -37,6 +37,16 @@ class RankInfo(_Record):
     gpus: int = Field(default=0, ge=0)
 
 
+class JobLimits(_Record):
+    """What the node enforces on a running payload (None or 0: no limit)."""
+
+    looping_s: float | None = Field(default=None, gt=0)
+    max_output_mb: int | None = Field(default=None, gt=0)
+    max_workdir_mb: int | None = Field(default=None, gt=0)
+    memory_mb: int = Field(default=0, ge=0)
+    check_s: float = Field(default=10.0, gt=0)
+
+
 class JobSpec(_Record):
     """One payload to run, as a rank needs it."""
 
@@ -51,6 +61,7 @@ class JobSpec(_Record):
     workdir: str
     env: dict[str, str] = Field(default_factory=dict)
     outputs: list[str] = Field(default_factory=list)
+    limits: JobLimits = Field(default_factory=JobLimits)
     event_service: bool = False
     output_dir: str | None = None  # event service: where finished ranges' outputs are staged out
 
@@ -111,6 +122,7 @@ class JobEvent(_Record):
     wall_s: float | None = None
     max_rss_kb: int | None = None
     files: list[FileInfo] = Field(default_factory=list)
+    report: dict | None = None  # the payload's jobReport.json
 
 
 class Command(_Record):

@@ -1,0 +1,113 @@
+"""Watching running payloads: looping (no CPU and no output growth), stdout/stderr size, work
+directory size and memory, each against the job's limits; and reading a payload's jobReport.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from .errors import ErrorCode
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "jobReport.json"
+MAX_REPORT_BYTES = 1 << 20
+
+
+@dataclass
+class Progress:
+    """What was seen of a payload at its last check."""
+
+    cpu_s: float = -1.0
+    output_bytes: int = -1
+    since: float = 0.0   # monotonic time of the last sign of progress
+
+
+def tree_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds and RSS bytes of a process and all its descendants."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0, 0
+    cpu, rss = 0.0, 0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            cpu += times.user + times.system + times.children_user + times.children_system
+            rss += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return cpu, rss
+
+
+def dir_bytes(path: Path, cap: int | None = None) -> int:
+    """Bytes of the files under ``path`` (stops counting past ``cap``)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+        if cap is not None and total > cap:
+            break
+    return total
+
+
+def check(run, now: float) -> tuple[ErrorCode, str] | None:
+    """The first limit a running payload breaks, with a diagnostic; None if it is within them all."""
+    limits = run.spec.limits
+    workdir = Path(run.spec.workdir)
+    cpu, rss = tree_usage(run.proc.pid)
+    out = _size(workdir / "payload.stdout") + _size(workdir / "payload.stderr")
+    progress: Progress = run.progress
+    if cpu > progress.cpu_s + 0.01 or out != progress.output_bytes:
+        progress.cpu_s, progress.output_bytes, progress.since = cpu, out, now
+    if limits.memory_mb and rss > limits.memory_mb * 2**20:
+        return ErrorCode.MEMORY_EXCEEDED, f"memory {rss // 2**20} MB over the job's limit of {limits.memory_mb} MB"
+    if limits.max_output_mb and out > limits.max_output_mb * 2**20:
+        return ErrorCode.OUTPUT_TOO_LARGE, (f"stdout+stderr reached {out // 2**20} MB, over the limit of "
+                                            f"{limits.max_output_mb} MB")
+    if limits.max_workdir_mb:
+        used = dir_bytes(workdir, limits.max_workdir_mb * 2**20)
+        if used > limits.max_workdir_mb * 2**20:
+            return ErrorCode.WORKDIR_TOO_LARGE, (f"work directory over its limit of {limits.max_workdir_mb} MB "
+                                                 f"({used // 2**20} MB)")
+    if limits.looping_s and now - progress.since > limits.looping_s:
+        return ErrorCode.LOOPING, (f"looping: no CPU used and no output written for {now - progress.since:.0f} s "
+                                   f"(limit {limits.looping_s:.0f} s)")
+    return None
+
+
+def read_job_report(workdir: Path) -> tuple[dict | None, str | None]:
+    """A payload's jobReport.json (exitCode and exitMsg compulsory), or why it was refused."""
+    path = workdir / REPORT_NAME
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None, None
+    if size > MAX_REPORT_BYTES:
+        return None, f"{REPORT_NAME} of {size} bytes is over the {MAX_REPORT_BYTES}-byte limit; ignored"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return None, f"{REPORT_NAME} is not valid JSON ({exc}); ignored"
+    if not isinstance(report, dict) or not isinstance(report.get("exitCode"), int) \
+            or isinstance(report.get("exitCode"), bool) or not isinstance(report.get("exitMsg"), str):
+        return None, f"{REPORT_NAME} lacks an integer exitCode and a string exitMsg; ignored"
+    return report, None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
