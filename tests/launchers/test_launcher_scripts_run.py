@@ -27,7 +27,9 @@ from mpi4py import MPI
 rank = MPI.COMM_WORLD.Get_rank()
 got = []
 signal.signal(signal.SIGUSR1, lambda signo, frame: got.append(signo))
-open(f"ready.{rank}", "w").write(os.environ.get("FROM_SETUP", "") + "|" + os.environ.get("EDGE_X", ""))
+with open(f".tmp.{rank}", "w") as f:  # written whole, then renamed: the test never reads half a file
+    f.write(os.environ.get("FROM_SETUP", "") + "|" + os.environ.get("EDGE_X", ""))
+os.rename(f".tmp.{rank}", f"ready.{rank}")
 deadline = time.time() + float(sys.argv[1])
 while not got and time.time() < deadline:
     time.sleep(0.05)
