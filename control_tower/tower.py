@@ -101,6 +101,9 @@ class Tower:
             self.sock.bind(bind)
             self.address = bind
         logger.info("tower listening for relays on %s (CURVE %s)", self.address, "on" if self.cfg.curve else "off")
+        self._monitor = self.sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        self.monitor = zmq.Socket.shadow(self._monitor.underlying)  # read without awaiting
 
     def _start_auth(self) -> None:
         from zmq.auth.asyncio import AsyncioAuthenticator
@@ -121,6 +124,8 @@ class Tower:
 
     def close(self) -> None:
         if self.sock is not None:
+            self.sock.disable_monitor()
+            self._monitor.close()
             self.sock.close()
         if self._auth is not None:
             self._auth.stop()
@@ -142,10 +147,26 @@ class Tower:
                     self.rejected["framing"] += 1
                     continue
                 self.handle_message(identity, data)
+        self.count_refused_connections()
         self.expire_lost_workers()
         self.book.release_backoffs()
         self.run_merges()
         self.flush()
+
+    def count_refused_connections(self) -> None:
+        """Clients that failed the CURVE handshake (no known key, or no CURVE at all): logged and counted."""
+        from zmq.utils.monitor import parse_monitor_message
+
+        while True:
+            try:
+                frames = self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = parse_monitor_message(frames)
+            self.rejected["refused_connections"] += 1
+            logger.warning("refused a connection from %s: handshake failed (%s)",
+                           event["endpoint"].decode(errors="replace"),
+                           "unknown key" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else f"code {event['value']}")
 
     def flush(self) -> None:
         """Commit, then send what waits for the commit."""
