@@ -64,6 +64,8 @@ def main():
               help="payloads still running this long before the allocation ends are preempted")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="MPI jobs (workers) running at once")
+@click.option("--messenger", type=click.Choice(["zmq", "files"]), default="zmq", show_default=True,
+              help="how workers talk to the tower: ZeroMQ, or files in the data directory")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="where the run's store and job directories go (default: .hpc-edge/runs/<workload name>)")
 @click.option("--resume", is_flag=True, help="finish an earlier, interrupted run in the same data directory")
@@ -72,7 +74,7 @@ def main():
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--log-level", default="WARNING", show_default=True)
 def run(workload, ranks, cores_per_rank, memory_per_rank_mb, walltime, walltime_margin, walltime_grace, workers,
-        data_dir, resume, fresh, as_json, quiet, log_level):
+        messenger, data_dir, resume, fresh, as_json, quiet, log_level):
     """Run WORKLOAD to the end on this machine (a tower in-process, mpiexec, no batch system)."""
     from .run import RunOptions, run_workload, summary_table
     from .workload import parse_duration
@@ -87,7 +89,7 @@ def run(workload, ranks, cores_per_rank, memory_per_rank_mb, walltime, walltime_
     opts = RunOptions(data_dir=data_dir, ranks=ranks, cores_per_rank=cores, memory_per_rank_mb=memory_per_rank_mb,
                       walltime=parse_duration(walltime) if walltime else None, workers=workers,
                       walltime_margin_s=_seconds(walltime_margin), walltime_grace_s=_seconds(walltime_grace),
-                      resume=resume, fresh=fresh,
+                      messenger=messenger, resume=resume, fresh=fresh,
                       progress=not (quiet or as_json), log_level=log_level)
     console = Console(stderr=True)
     summary, status = run_workload(wl, opts, console)

@@ -48,6 +48,8 @@ class QueueConfig(BaseModel):
     walltime_grace_s: float = Field(default=60.0, ge=0)
     extra_directives: list[str] = Field(default_factory=list)
     launcher_options: dict = Field(default_factory=dict)
+    messenger: str = Field(default="zmq", pattern=r"^(zmq|files)$",
+                           description="zmq: nodes connect to the tower; files: through the shared filesystem")
 
     @field_validator("walltime", mode="before")
     @classmethod
@@ -190,14 +192,18 @@ class Provisioner:
         return worker_id
 
     def worker_spec(self, queue: QueueConfig, worker_id: str) -> WorkerSpec:
-        command = [sys.executable, "-m", "hpc_edge", "worker", "--tower", self.tower.worker_address,
+        if queue.messenger == "files":
+            link = ["--messenger-dir", str(self.tower.messenger.worker_dir(worker_id))]
+        else:
+            link = ["--tower", self.tower.worker_address]
+        command = [sys.executable, "-m", "hpc_edge", "worker", *link,
                    "--worker-id", worker_id, "--cores-per-rank", str(queue.cores_per_rank),
                    "--walltime-grace-s", str(queue.walltime_grace_s), "--log-level", self.log_level]
         if queue.memory_per_rank_mb:
             command += ["--memory-per-rank-mb", str(queue.memory_per_rank_mb)]
         if queue.walltime:
             command += ["--walltime-s", str(int(queue.walltime))]
-        if self.tower.cfg.curve:
+        if self.tower.cfg.curve and queue.messenger == "zmq":
             command += ["--keys", str(self.data_dir / "keys")]
         return WorkerSpec(
             worker_id=worker_id, command=command, workdir=self.data_dir / "workers" / worker_id,

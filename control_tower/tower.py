@@ -25,6 +25,7 @@ from hpc_edge.errors import ErrorCode, ProtocolError
 from .dispatcher import Dispatcher
 from .jobs import JobBook
 from .merge import MergeError, Part, merge_parts
+from .messenger import FileMessenger
 from .ranges import RangeBook
 from .store import Store
 
@@ -64,6 +65,7 @@ class Tower:
         self.book = JobBook(store, self.dispatcher, data_dir / "jobs")
         self.ranges = RangeBook(self.book, data_dir / "outputs")
         self.merges: dict[int, asyncio.Future] = {}
+        self.messenger = FileMessenger(self.data_dir / "messenger")
         self.workers: dict[str, LiveWorker] = {}
         self.rejected: Counter = Counter()
         self.sock = None
@@ -137,6 +139,8 @@ class Tower:
 
     async def turn(self, timeout_ms: int = 200) -> None:
         """One turn: read everything waiting, handle it, commit, reply."""
+        for worker_id, data in self.messenger.poll():
+            self.handle_message(worker_id.encode(), data)
         if await self.sock.poll(timeout_ms, zmq.POLLIN):
             for _ in range(5000):
                 try:
@@ -174,10 +178,14 @@ class Tower:
         self.store.commit()
         outbox, self._outbox = self._outbox, []
         for identity, data in outbox:
+            worker_id = identity.decode(errors="replace")
             try:
-                self.sock.send_multipart([identity, data], zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                logger.warning("reply to %r not sent: %s", identity, exc)
+                if self.messenger.knows(worker_id):
+                    self.messenger.send(worker_id, data)
+                else:
+                    self.sock.send_multipart([identity, data], zmq.NOBLOCK)
+            except (zmq.ZMQError, OSError) as exc:
+                logger.warning("reply to %r not sent: %s", identity[:64], exc)
 
     def reply(self, identity: bytes, message) -> None:
         self._outbox.append((identity, p.encode(message)))
@@ -304,6 +312,8 @@ class Tower:
         n = self.book.release_worker(worker_id, code, f"worker {worker_id} {state}: {why}")
         n += self.ranges.release_worker(worker_id, code, f"worker {worker_id} {state}: {why}")
         self.store.update_worker(worker_id, state=state, ended=time.time())
+        if self.messenger.knows(worker_id):
+            self.messenger.forget(worker_id)
         logger.info("worker %s %s (%s); %d jobs and ranges returned to the pool", worker_id, state, why, n)
         for callback in self.on_worker_gone:
             callback(worker_id)

@@ -19,6 +19,7 @@ import zmq
 from . import protocol as p
 from .errors import ErrorCode, ProtocolError
 from .executor import Executor
+from .links import FileLink, ZmqLink
 from .outbox import Outbox
 from .rank import (relay_recv_events, relay_send_exhausted, relay_send_kill, relay_send_ranges, relay_send_stop,
                    relay_send_work)
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RelayConfig:
-    tower: str
+    tower: str | None
     worker_id: str
     batch_id: str | None = None
     ends_at: float | None = None
@@ -43,13 +44,16 @@ class RelayConfig:
     curve: tuple[bytes, bytes, bytes] | None = None  # (client public, client secret, server public)
     outbox_memory_bytes: int = 64 * 2**20
     spool_dir: Path | None = None
+    messenger_dir: Path | None = None  # files on a shared filesystem instead of ZeroMQ
 
 
 class Relay:
     def __init__(self, comm, executor: Executor, ranks: list[p.RankInfo], config: RelayConfig, ctx=None):
         self.comm, self.local, self.ranks, self.cfg = comm, executor, ranks, config
-        self.ctx = ctx or zmq.Context.instance()
-        self.sock = None
+        if config.messenger_dir is not None:
+            self.link = FileLink(config.messenger_dir)
+        else:
+            self.link = ZmqLink(config.tower, config.worker_id, config.curve, ctx)
         self.buffer: deque[p.JobSpec] = deque()
         self.rank_load = [0] * len(ranks)           # cores of work held by each rank
         self.held: dict[int, tuple[int, int]] = {}  # job id -> (rank, cores)
@@ -83,19 +87,10 @@ class Relay:
         from mpi4py import MPI
 
         self._mpi_status = MPI.Status()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 2000)
-        self.sock.setsockopt(zmq.IDENTITY, self.cfg.worker_id.encode())
-        if self.cfg.curve:
-            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = self.cfg.curve
-        self.sock.connect(self.cfg.tower)
         self.poller = zmq.Poller()
-        self.poller.register(self.sock, zmq.POLLIN)
+        self.link.start(self.poller)
         self.local.install_sigchld_wakeup()
         self.poller.register(self.local.wakeup_fd(), zmq.POLLIN)
-        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        self.poller.register(self.monitor, zmq.POLLIN)
-        self._handshakes = 0
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
         self.send_hello()
@@ -117,9 +112,7 @@ class Relay:
                 self.check_drained()
         finally:
             self.local.hard_kill_all()
-            self.sock.disable_monitor()
-            self.monitor.close()
-            self.sock.close()
+            self.link.close()
             self.unacked.close()
 
     def finished(self) -> bool:
@@ -128,7 +121,7 @@ class Relay:
 
     # ---- tower side ---------------------------------------------------------------------------
     def send(self, message) -> None:
-        self.sock.send(p.encode(message), copy=False)
+        self.link.send(p.encode(message))
         self.last_sent = time.monotonic()
 
     def send_hello(self) -> None:
@@ -149,15 +142,12 @@ class Relay:
         events = dict(self.poller.poll(2 if busy else 10))
         if self.local.wakeup_fd() in events:
             self.local.drain_wakeups()
-        if self.monitor in events:
-            self.handle_connection_events()
-        if self.sock not in events:
-            return
-        while True:
-            try:
-                data = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        if self.link.reconnected(events):
+            # a tower restart or a network cut: say hello again, then what is unacked goes again
+            logger.warning("relay %s: reconnected to the tower; saying hello again", self.cfg.worker_id)
+            self.welcomed = False
+            self.send_hello()
+        for data in self.link.receive(events):
             try:
                 message = p.decode(data)
             except ProtocolError as exc:
@@ -165,31 +155,13 @@ class Relay:
                 continue
             getattr(self, f"handle_{message.kind}", self.handle_unexpected)(message)
 
-    def handle_connection_events(self) -> None:
-        """After a reconnect (a tower restart, a network cut) say hello again and resend what is unacked."""
-        from zmq.utils.monitor import recv_monitor_message
-
-        while True:
-            try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._handshakes += 1
-                if self._handshakes > 1:
-                    logger.warning("relay %s: reconnected to the tower; saying hello again", self.cfg.worker_id)
-                    self.welcomed = False
-                    self.send_hello()
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
-                logger.warning("relay %s: lost the connection to the tower; payloads go on", self.cfg.worker_id)
-
     def handle_welcome(self, m: p.Welcome) -> None:
         self.welcomed = True
         self.cfg.heartbeat_s = m.heartbeat_s
         self.unacked.ack_upto(m.last_seq)
         now = time.monotonic()
         for seq in sorted(self.unacked.items):  # the tower restarted or lost them: send again
-            self.sock.send(self.unacked.data(seq))
+            self.link.send(self.unacked.data(seq))
             self.unacked.mark_sent(seq, now)
         if m.release:
             logger.warning("relay %s: the tower gave jobs %s to others; dropping them", self.cfg.worker_id, m.release)
@@ -280,16 +252,18 @@ class Relay:
         self.seq += 1
         data = p.encode(p.Update(seq=self.seq, events=jobs, ranges=ranges))
         self.unacked.add(self.seq, data, time.monotonic(), (e.job_id for e in jobs), (r.range_id for r in ranges))
-        self.sock.send(data)
+        self.link.send(data)
         self.last_sent = time.monotonic()
 
     def keep_alive(self) -> None:
         now = time.monotonic()
         for seq in self.unacked.due(now, self.cfg.resend_s):
             self.unacked.mark_sent(seq, now)
-            self.sock.send(self.unacked.data(seq))
+            self.link.send(self.unacked.data(seq))
         if self.req_out is not None and now - self.req_out > self.cfg.resend_s:
-            self.req_out = None  # the request or its answer was lost; ask again
+            # the request or its answer was lost: a new hello voids it, and the tower takes back
+            # whatever it had sent in answer
+            self.send_hello()
         if now - self.last_sent > self.cfg.heartbeat_s:
             if self.welcomed:
                 self.send(p.Heartbeat(running=len(self.held), last_seq=self.seq))

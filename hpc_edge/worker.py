@@ -24,7 +24,10 @@ logger = logging.getLogger(__name__)
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m hpc_edge worker", description=__doc__)
-    ap.add_argument("--tower", required=True, help="the tower's ZeroMQ address, e.g. tcp://login1:5555")
+    link = ap.add_mutually_exclusive_group(required=True)
+    link.add_argument("--tower", help="the tower's ZeroMQ address, e.g. tcp://login1:5555")
+    link.add_argument("--messenger-dir", type=Path,
+                      help="a per-worker directory on a shared filesystem, for nodes that cannot reach the tower")
     ap.add_argument("--worker-id", required=True)
     ap.add_argument("--batch-id", default=os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
                     or os.environ.get("LSB_JOBID"))
@@ -66,7 +69,8 @@ def main(argv: list[str]) -> int:
         ends_at = time.time() + args.walltime_s
     config = RelayConfig(tower=args.tower, worker_id=args.worker_id, batch_id=args.batch_id,
                          ends_at=ends_at, walltime_grace_s=args.walltime_grace_s,
-                         curve=client_curve(args.keys) if args.keys else None)
+                         curve=client_curve(args.keys) if args.keys and args.tower else None,
+                         messenger_dir=args.messenger_dir)
     try:
         Relay(comm, executor, infos, config).run()
     except Exception:

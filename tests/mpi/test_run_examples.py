@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.helpers import EXAMPLES, jobs_by, run_json
+from tests.helpers import EXAMPLES, jobs_by, query, run_json
 
 pytestmark = pytest.mark.mpi
 
@@ -18,10 +18,12 @@ def try_dirs(data_dir: Path, task: str, job_id: int) -> list[Path]:
     return sorted((data_dir / "jobs" / task / str(job_id)).glob("try*"))
 
 
-@pytest.mark.parametrize("ranks", [2, 4])
-def test_hello_runs_every_payload_once(tmp_path, ranks):
+@pytest.mark.parametrize("ranks, messenger", [(2, "zmq"), (4, "zmq"), (2, "files")])
+def test_hello_runs_every_payload_once(tmp_path, ranks, messenger):
+    """Also over the shared-filesystem messenger, for nodes that cannot reach the login node."""
     data = tmp_path / "run"
-    code, summary = run_json("run", EXAMPLES / "hello.yaml", "--ranks", ranks, "--data-dir", data)
+    code, summary = run_json("run", EXAMPLES / "hello.yaml", "--ranks", ranks, "--data-dir", data,
+                             "--messenger", messenger)
     assert code == 0, summary
     assert summary["states"] == {"finished": 300}
     jobs = jobs_by(data)
@@ -33,12 +35,15 @@ def test_hello_runs_every_payload_once(tmp_path, ranks):
         assert job["exit_code"] == 0 and job["wall_s"] is not None and job["max_rss_kb"] > 0
     # every rank ran payloads, rank 0 (the relay) included
     assert set(Counter(j["rank"] for j in jobs.values())) == set(range(ranks))
+    # one worker did it all (none died on the way)
+    assert [w for (w,) in query(data, "SELECT state FROM workers")] == ["done"]
 
 
-@pytest.mark.parametrize("ranks", [2, 4])
-def test_mixed_reaches_intended_states(tmp_path, ranks):
+@pytest.mark.parametrize("ranks, messenger", [(2, "zmq"), (4, "zmq"), (2, "files")])
+def test_mixed_reaches_intended_states(tmp_path, ranks, messenger):
     data = tmp_path / "run"
-    code, summary = run_json("run", EXAMPLES / "mixed.yaml", "--ranks", ranks, "--data-dir", data)
+    code, summary = run_json("run", EXAMPLES / "mixed.yaml", "--ranks", ranks, "--data-dir", data,
+                             "--messenger", messenger)
     assert code == 1, "some jobs fail on purpose, so the run must exit non-zero"
     jobs = jobs_by(data)
     by_task = {}

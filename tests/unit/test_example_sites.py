@@ -18,6 +18,11 @@ class _Tower:
 
     worker_address = "tcp://login01:5555"
 
+    class messenger:
+        @staticmethod
+        def worker_dir(worker_id):
+            return f"/shared/messenger/{worker_id}"
+
     class cfg:
         curve = True
 
