@@ -107,11 +107,14 @@ class Executor:
         """Every few seconds, check each payload against its job's limits; kill those over one."""
         now = time.monotonic()
         for run in self.running.values():
-            if run.stop_reason is not None or now < run.next_check:
+            limits = run.spec.limits
+            if run.stop_reason is not None or now < run.next_check or not (
+                    limits.looping_s or limits.max_output_mb or limits.max_workdir_mb or limits.memory_mb):
                 continue
-            if not run.next_check:
-                run.progress.since = now
-            run.next_check = now + run.spec.limits.check_s
+            if not run.next_check:  # the first look is one interval after the start
+                run.progress.since, run.next_check = now, now + limits.check_s
+                continue
+            run.next_check = now + limits.check_s
             broken = check(run, now)
             if broken is not None:
                 logger.warning("rank %d: job %d: %s", self.rank, run.spec.job_id, broken[1])
