@@ -155,6 +155,9 @@ class Service:
         for row in self.store.workers(live_only=True):
             self.tower.worker_ended(row["worker_id"], "cancelled", "tower shut down")
         self.tower.flush()
+        for launcher in self.provisioner.launchers.values():
+            if hasattr(launcher, "reap_all"):  # local workers: gone before we return
+                await asyncio.to_thread(launcher.reap_all)
 
     def close(self) -> None:
         if self.tower:

@@ -235,6 +235,8 @@ class EventRunner:
             logger.error("rank %d: event-service payload of job %d could not start: %s", self.ex.rank, spec.job_id, exc)
             return False
         self.procs[proc.pid] = ESProcess(spec, workdir, proc, out)
+        if self.ex.watchdog:
+            self.ex.watchdog.started(proc.pid)
         self.ex.free_cores -= spec.cores
         self.ex.free_memory_mb -= spec.memory_mb
         return True
@@ -243,6 +245,8 @@ class EventRunner:
         """A payload process exited (reaped by the executor): account for the range it held."""
         proc = self.procs.pop(pid)
         proc.proc.returncode = code
+        if self.ex.watchdog:
+            self.ex.watchdog.ended(pid)
         events = self.read(proc)
         proc.out.close()
         self.ex.free_cores += proc.spec.cores

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .errors import PLUGIN_CODE_RANGE, ErrorCode
 from .monitor import Progress, check, read_job_report
+from .watchdog import Watchdog
 from .esrunner import EventRunner
 from .protocol import FileInfo, JobEvent, JobSpec, RangeEvent
 
@@ -76,6 +77,7 @@ class Executor:
     memory_mb: int
     host: str = field(default_factory=socket.gethostname)
     base_env: dict[str, str] = field(default_factory=lambda: payload_base_env(os.environ))
+    guard: bool = True  # a watchdog kills the payloads if this rank dies first
 
     def __post_init__(self):
         self.queue: deque[JobSpec] = deque()
@@ -84,6 +86,7 @@ class Executor:
         self.free_memory_mb = self.memory_mb
         self.es = EventRunner(self)
         self.term_signal_at: float | None = None  # set by a signal handler: this rank is being terminated
+        self.watchdog = Watchdog() if self.guard else None
         self.doubtful: list[tuple[float, Running, int, object]] = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -193,6 +196,8 @@ class Executor:
             return self._event(spec, "failed", now, start_time=now, end_time=now,
                                error_code=ErrorCode.START_FAILED, error_diag=f"could not start: {exc}")
         self.running[proc.pid] = Running(spec, proc, now, time.monotonic())
+        if self.watchdog:
+            self.watchdog.started(proc.pid)
         self.free_cores -= spec.cores
         self.free_memory_mb -= spec.memory_mb
         return self._event(spec, "running", now, pid=proc.pid, start_time=now)
@@ -213,6 +218,8 @@ class Executor:
             run = self.running.pop(pid, None)
             if run is None:
                 continue
+            if self.watchdog:
+                self.watchdog.ended(pid)
             run.proc.returncode = code = os.waitstatus_to_exitcode(status)
             self.free_cores += run.spec.cores
             self.free_memory_mb += run.spec.memory_mb
@@ -297,6 +304,10 @@ class Executor:
         for run in self.running.values():
             if run.sigterm_at is not None and now - run.sigterm_at > KILL_GRACE_S:
                 _killpg(run.proc.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        if self.watchdog:
+            self.watchdog.close()
 
     def hard_kill_all(self) -> None:
         """Last resort on exit: SIGKILL every payload group so none outlives its rank."""

@@ -58,7 +58,10 @@ def main(argv: list[str]) -> int:
     if rank != 0:
         from .rank import rank_loop
 
-        rank_loop(comm, executor)
+        try:
+            rank_loop(comm, executor)
+        finally:
+            executor.close()
         return 0
     from .relay import Relay, RelayConfig
 
@@ -76,5 +79,7 @@ def main(argv: list[str]) -> int:
     except Exception:
         logger.exception("relay %s failed; aborting the MPI job", args.worker_id)
         executor.hard_kill_all()
+        executor.close()
         comm.Abort(1)
+    executor.close()
     return 0

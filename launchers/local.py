@@ -95,6 +95,13 @@ class LocalLauncher(Launcher):
             self._cancelled.setdefault(bid, time.monotonic())
             _signal_group(pid, signal.SIGTERM)
 
+    def reap_all(self, timeout: float = 30.0) -> None:
+        """Wait for every worker this launcher started to exit (cancelling those that outstay)."""
+        live = [b for b, proc in self._procs.items() if proc.poll() is None]
+        if live and not self.wait(live, timeout):
+            self.cancel(live)
+            self.wait(live, self.kill_grace_s + 5)
+
     def wait(self, batch_ids: list[str], timeout: float) -> bool:
         """Wait for workers to end, escalating to SIGKILL after the grace; True if all ended."""
         deadline = time.monotonic() + timeout

@@ -1,0 +1,51 @@
+"""kill -9 of a whole MPI job: its payloads die with it, and its jobs finish on another worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections import Counter
+
+import psutil
+import pytest
+
+from tests.helpers import HPC_EDGE, jobs_by, processes_under, query, scalar, wait_for, write_workload
+
+pytestmark = [pytest.mark.mpi, pytest.mark.fault]
+
+
+def test_killed_mpi_job_leaves_no_payload_and_loses_no_job(tmp_path):
+    ran = tmp_path / "ran.log"
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    workload = write_workload(tmp_path, f"""
+name: lost
+tasks:
+  - name: lost
+    # the first run of each job waits long enough to be caught by the kill; a re-run is quick
+    command: if [ -e {marks}/{{job_id}} ]; then echo {{job_id}} >> {ran}; else touch {marks}/{{job_id}}; sleep 300; fi
+    count: 6
+    max_attempts: 1
+""")
+    data = tmp_path / "run"
+    proc = subprocess.Popen([*HPC_EDGE, "run", workload, "--ranks", "2", "--cores-per-rank", "3", "--data-dir", data,
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: scalar(data, "SELECT count(*) FROM jobs WHERE state='running'") == 6, 120, "6 payloads running")
+        payloads = [psutil.Process(pid) for (pid,) in query(data, "SELECT pid FROM jobs")]
+        (batch_id,) = query(data, "SELECT batch_id FROM workers WHERE worker_id='local-00001'")[0]
+        os.killpg(int(batch_id.split(":")[0]), signal.SIGKILL)  # mpiexec and every rank, at once
+        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in payloads), 60,
+                 "the dead ranks' payloads killed by their watchdogs")
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    jobs = jobs_by(data)
+    assert all(j["state"] == "finished" and j["attempt"] == 1 and j["dispatch"] == 2 for j in jobs.values())
+    assert {w for (w,) in query(data, "SELECT worker_id FROM attempts WHERE state='finished'")} == {"local-00002"}
+    assert query(data, "SELECT DISTINCT error_code FROM attempts WHERE state='closed'") == [(1040,)]
+    assert Counter(int(x) for x in ran.read_text().split()) == Counter({j: 1 for j in jobs})
+    assert processes_under(data) == []
