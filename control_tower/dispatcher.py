@@ -88,6 +88,10 @@ class Dispatcher:
                 budget -= slot.cores
         return taken
 
+    def ready_cores(self) -> int:
+        """Cores the ready jobs need, all together."""
+        return sum(n * self.tasks[t].cores for t, n in self._live.items())
+
     def fits_any(self, max_job_cores: int, max_job_memory_mb: int, remaining_s: float | None = None) -> bool:
         """Whether any ready job could run on a worker this size with this much time left."""
         return any(self._live[t] > 0 and s.cores <= max_job_cores and s.memory_mb <= max_job_memory_mb

@@ -30,7 +30,10 @@ class QueueConfig(BaseModel):
 
     name: str = Field(default="local", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     launcher: str = Field(default="local", pattern=r"^(local|slurm|pbs|lsf)$")
-    nodes: int = Field(default=1, ge=1)
+    nodes: int = Field(default=1, ge=1, description="nodes of a worker (the least, when max_nodes is set)")
+    max_nodes: int | None = Field(default=None, ge=1, description="size workers up to this for a big backlog")
+    keep_worker_dirs: str = Field(default="all", pattern=r"^(all|logs)$",
+                                  description="after a worker ends: keep its directory, or only its logs")
     ranks_per_node: int = Field(default=2, ge=1)
     cores_per_rank: int = Field(default=1, ge=1)
     memory_per_rank_mb: int = Field(default=0, ge=0, description="0: the node's memory / its ranks")
@@ -62,9 +65,21 @@ class QueueConfig(BaseModel):
             raise ValueError(f"queue {self.name!r}: a {self.launcher} queue needs a walltime")
         return self
 
+    @model_validator(mode="after")
+    def _node_range(self):
+        if self.max_nodes is not None and self.max_nodes < self.nodes:
+            raise ValueError(f"queue {self.name!r}: max_nodes ({self.max_nodes}) is below nodes ({self.nodes})")
+        return self
+
     @property
     def ranks(self) -> int:
         return self.nodes * self.ranks_per_node
+
+    def nodes_for(self, backlog_cores: int) -> int:
+        """Nodes for a new worker: enough for the backlog, between nodes and max_nodes."""
+        per_node = self.ranks_per_node * self.cores_per_rank
+        wanted = -(-backlog_cores // per_node)
+        return max(self.nodes, min(self.max_nodes or self.nodes, wanted))
 
 
 class ProvisionError(Exception):
@@ -81,6 +96,7 @@ class Provisioner:
         self.error: str | None = None
         self.enabled = True
         self.warned: set[int] = set()
+        tower.on_worker_gone.append(self.sweep)
 
     def launcher(self, launcher_name: str, queue_name: str | None = None) -> Launcher:
         """The launcher of a queue (built with its options), or a plain one of that kind."""
@@ -173,9 +189,10 @@ class Provisioner:
         n = int(store.get_meta("workers_submitted") or 0) + 1
         store.set_meta("workers_submitted", str(n))
         worker_id = f"{queue.name}-{n:05d}"
-        spec = self.worker_spec(queue, worker_id)
-        store.add_worker(worker_id, queue.launcher, queue.name, queue.nodes, queue.ranks,
-                         queue.ranks * queue.cores_per_rank, queue.walltime)
+        nodes = queue.nodes_for(self.tower.dispatcher.ready_cores() + self.tower.ranges.ready_count)
+        spec = self.worker_spec(queue, worker_id, nodes)
+        store.add_worker(worker_id, queue.launcher, queue.name, nodes, spec.ranks,
+                         spec.ranks * queue.cores_per_rank, queue.walltime)
         store.commit()
         try:
             batch_id = await asyncio.to_thread(self.launcher(queue.launcher, queue.name).submit, spec)
@@ -191,7 +208,7 @@ class Provisioner:
         store.commit()
         return worker_id
 
-    def worker_spec(self, queue: QueueConfig, worker_id: str) -> WorkerSpec:
+    def worker_spec(self, queue: QueueConfig, worker_id: str, nodes: int | None = None) -> WorkerSpec:
         if queue.messenger == "files":
             link = ["--messenger-dir", str(self.tower.messenger.worker_dir(worker_id))]
         else:
@@ -207,11 +224,21 @@ class Provisioner:
             command += ["--keys", str(self.data_dir / "keys")]
         return WorkerSpec(
             worker_id=worker_id, command=command, workdir=self.data_dir / "workers" / worker_id,
-            nodes=queue.nodes, ranks_per_node=queue.ranks_per_node, cores_per_rank=queue.cores_per_rank,
+            nodes=nodes or queue.nodes, ranks_per_node=queue.ranks_per_node, cores_per_rank=queue.cores_per_rank,
             gpus_per_node=queue.gpus_per_node, walltime_s=int(queue.walltime or 86400),
             job_name=f"hpc-edge-{worker_id}", account=queue.account, partition=queue.partition,
             qos=queue.qos, setup_lines=queue.setup_lines, mpi_launch=queue.mpi_launch,
             warning_signal_s=queue.warning_signal_s, extra_directives=queue.extra_directives)
+
+    def sweep(self, worker_id: str) -> None:
+        """A worker is over: by its queue's policy, keep only its logs (.out, .err)."""
+        row = self.tower.store.db.execute("SELECT queue FROM workers WHERE worker_id=?", (worker_id,)).fetchone()
+        queue = next((q for q in self.queues if row and q.name == row[0]), None)
+        if queue is None or queue.keep_worker_dirs == "all":
+            return
+        for path in (self.data_dir / "workers" / worker_id).glob("*"):
+            if path.suffix not in (".out", ".err") and path.is_file():
+                path.unlink(missing_ok=True)
 
     # ---- ending -------------------------------------------------------------------------------
     async def cancel_all(self, wait_s: float = 20.0) -> None:

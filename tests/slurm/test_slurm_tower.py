@@ -27,6 +27,7 @@ queues:
     walltime: 10m
     max_running: {max_running}
     max_queued: {max_queued}
+    keep_worker_dirs: logs
 """, "site.yaml")
 
 
@@ -63,6 +64,10 @@ tasks:
             assert open(f"{workdir}/where.txt").read() == f"{batch_id} {rank}\n"
         # the worker drains once idle, and its batch job ends
         wait_for(lambda: query(home, "SELECT state FROM workers")[0][0] in ("done",), 120, "worker done")
+        # swept by the queue's policy: the logs stay, the rest goes
+        (worker_id,) = query(home, "SELECT worker_id FROM workers")[0]
+        left = sorted(p.name for p in (home / "workers" / worker_id).iterdir())
+        assert left == [f"{worker_id}.err", f"{worker_id}.out"]
     finally:
         run_cli("tower", "stop", env=env)
 
