@@ -17,6 +17,7 @@ class _Tower:
     """Just what Provisioner.worker_spec reads."""
 
     worker_address = "tcp://login01:5555"
+    on_worker_gone: list = []
 
     class messenger:
         @staticmethod
