@@ -127,7 +127,7 @@ def summarize(service: Service, workload: Workload, elapsed: float, resumed: boo
         "workload": workload.name, "data_dir": str(service.data_dir), "resumed": resumed,
         "elapsed_s": round(elapsed, 3), "jobs": n, "states": states,
         "jobs_per_s": round(states.get("finished", 0) / elapsed, 1) if elapsed > 0 else None,
-        "tasks": tasks, "ok": states.get("finished", 0) == n,
+        "tasks": tasks, "ok": states.get("finished", 0) == n, "tower": dict(service.tower.stats),
     }
 
 

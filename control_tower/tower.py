@@ -236,6 +236,7 @@ class Tower:
     def handle_request(self, identity: bytes, m: p.Request) -> None:
         live = self.seen(identity)
         worker_id = live.worker_id
+        self.stats["requests"] += 1
         specs, ranges, es_specs = [], [], []
         if not self.stopping:
             if m.cores:
@@ -245,8 +246,10 @@ class Tower:
         exhausted = self.ranges.exhausted(worker_id)
         if specs or ranges:
             live.idle_since = None
-            self.reply(identity, p.Work(req=m.req, jobs=specs, ranges=ranges, es_jobs=es_specs, exhausted=exhausted))
+            self.reply(identity, p.Work(req=m.req, jobs=specs, ranges=ranges, es_jobs=es_specs, exhausted=exhausted,
+                                        ranges_ready=bool(self.ranges.ready_count)))
             return
+        self.stats["no_work"] += 1
         now = time.monotonic()
         if live.idle_since is None:
             live.idle_since = now
@@ -256,10 +259,12 @@ class Tower:
             m.max_job_cores, m.max_job_memory_mb, m.remaining_s)
         drain = self.stopping or (not holding and (nothing_ready or nothing_fits) and (
             self.cfg.exit_when_done or now - live.idle_since >= self.cfg.idle_drain_s))
-        self.reply(identity, p.NoWork(req=m.req, retry_s=0.2 if holding else 1.0, drain=drain, exhausted=exhausted))
+        self.reply(identity, p.NoWork(req=m.req, retry_s=0.2 if holding else 1.0, drain=drain, exhausted=exhausted,
+                                      ranges_ready=bool(self.ranges.ready_count)))
 
     def handle_update(self, identity: bytes, m: p.Update) -> None:
         live = self.seen(identity)
+        self.stats["updates"] += 1
         if m.seq <= live.last_seq:
             self.stats["duplicate_updates"] += 1
         else:

@@ -104,6 +104,8 @@ class Executor:
         events.extend(self.es.step())
         self.enforce_limits()
         self.escalate_kills()
+        if self.watchdog:
+            self.watchdog.flush()
         return events
 
     def enforce_limits(self) -> None:
@@ -185,7 +187,7 @@ class Executor:
             "HPC_EDGE_RANK": str(self.rank), "OMP_NUM_THREADS": str(spec.cores),
         }
         try:
-            workdir.mkdir(parents=True, exist_ok=True)
+            make_workdir(workdir)
             with open(workdir / STDOUT_NAME, "wb") as out, open(workdir / STDERR_NAME, "wb") as err:
                 proc = subprocess.Popen(
                     payload_argv(spec.command), cwd=workdir, env=env, stdin=subprocess.DEVNULL,
@@ -316,8 +318,19 @@ class Executor:
         self.es.hard_kill_all()
 
     def _event(self, spec: JobSpec, state: str, t: float, **kw) -> JobEvent:
-        return JobEvent(job_id=spec.job_id, dispatch=spec.dispatch, state=state, t=t,
-                        rank=self.rank, host=self.host, **kw)
+        # built by this module from checked values; the tower validates every event it receives
+        return JobEvent.model_construct(job_id=spec.job_id, dispatch=spec.dispatch, state=state, t=t,
+                                        rank=self.rank, host=self.host, **kw)
+
+
+def make_workdir(path: Path) -> None:
+    """A payload's fresh directory: one mkdir when its parent exists (the common case), else all."""
+    try:
+        os.mkdir(path)
+    except FileNotFoundError:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        pass
 
 
 def check_outputs(workdir: Path, outputs: list[str]) -> tuple[list[FileInfo], tuple[ErrorCode, str] | None]:

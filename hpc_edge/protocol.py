@@ -172,6 +172,7 @@ class Work(_Message):
     ranges: list[RangeSpec] = Field(default_factory=list)
     es_jobs: list[JobSpec] = Field(default_factory=list)  # the jobs the ranges belong to
     exhausted: list[int] = Field(default_factory=list)    # event-service jobs with no ready range left
+    ranges_ready: bool = False                            # whether the tower has ranges to give
 
 
 class NoWork(_Message):
@@ -180,6 +181,7 @@ class NoWork(_Message):
     retry_s: float = 1.0
     drain: bool = False
     exhausted: list[int] = Field(default_factory=list)
+    ranges_ready: bool = False
 
 
 class Update(_Message):

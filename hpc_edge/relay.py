@@ -65,6 +65,7 @@ class Relay:
         self.exhausted: set[int] = set()                 # jobs the tower has no range left of
         self.exhausted_told: set[int] = set()
         self.mean_range_wall: float | None = None  # learnt from finished ranges
+        self.ranges_ready = True  # ask for ranges until the tower says it has none
         self.pending: list = []
         self.pending_since = 0.0
         self.unacked = Outbox(config.outbox_memory_bytes, config.spool_dir)
@@ -181,12 +182,14 @@ class Relay:
         self.exhausted -= fresh
         self.exhausted_told -= fresh
         self.exhausted.update(m.exhausted)
+        self.ranges_ready = m.ranges_ready
 
     def handle_no_work(self, m: p.NoWork) -> None:
         if m.req <= self.void_req:
             return
         self.req_out = None
         self.exhausted.update(m.exhausted)
+        self.ranges_ready = m.ranges_ready
         self.retry_at = time.monotonic() + m.retry_s
         if m.drain and not self.draining:
             logger.info("relay %s: the tower has no more work; draining", self.cfg.worker_id)
@@ -215,7 +218,9 @@ class Relay:
         if now < self.retry_at:
             return
         want = self.target_cores() - sum(self.rank_load) - sum(s.cores for s in self.buffer)
-        want_ranges = self.target_ranges() - len(self.held_ranges) - len(self.range_buffer)
+        want_ranges = 0
+        if self.ranges_ready:
+            want_ranges = self.target_ranges() - len(self.held_ranges) - len(self.range_buffer)
         if want < 1 and want_ranges < 1:
             return
         self.req += 1

@@ -20,22 +20,31 @@ class Watchdog:
     def __init__(self):
         self.proc = subprocess.Popen([sys.executable, "-m", "hpc_edge.watchdog"], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, start_new_session=True, bufsize=0, cwd="/")
-
-    def _send(self, line: str) -> None:
-        try:
-            self.proc.stdin.write(line.encode())
-        except (BrokenPipeError, OSError):
-            pass  # the watchdog died: payloads simply lose their guard
+        self._lines: list[str] = []
 
     def started(self, pgid: int) -> None:
-        self._send(f"+{pgid}\n")
+        self._lines.append(f"+{pgid}\n")
 
     def ended(self, pgid: int) -> None:
-        self._send(f"-{pgid}\n")
+        self._lines.append(f"-{pgid}\n")
+
+    def flush(self) -> None:
+        """Tell the watchdog what changed (once per turn of the rank's loop, not per payload).
+
+        A payload started in this turn is guarded from the end of the turn: a rank killed in
+        between leaves at most that turn's payloads unguarded."""
+        if not self._lines:
+            return
+        data, self._lines = "".join(self._lines).encode(), []
+        try:
+            self.proc.stdin.write(data)
+        except (BrokenPipeError, OSError):
+            pass  # the watchdog died: payloads simply lose their guard
 
     def close(self) -> None:
         """An orderly end: nothing left to guard."""
         try:
+            self.flush()
             self.proc.stdin.close()
             self.proc.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
