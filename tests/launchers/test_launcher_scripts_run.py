@@ -17,7 +17,7 @@ import pytest
 
 from launchers import WorkerSpec, get_launcher
 
-pytestmark = [pytest.mark.mpi, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.mpi, pytest.mark.timeout(300)]
 
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 
@@ -52,7 +52,7 @@ def start(system: str, workdir: Path, wait_s: float, exit_code: int = 0) -> subp
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_files(workdir: Path, prefix: str, count: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+def wait_for_files(workdir: Path, prefix: str, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if len(list(workdir.glob(f"{prefix}.*"))) >= count:
