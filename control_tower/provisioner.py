@@ -41,6 +41,8 @@ class QueueConfig(BaseModel):
     walltime: float | None = Field(default=None, description="allocation walltime; none: unlimited (local only)")
     max_running: int = Field(default=1, ge=0)
     max_queued: int = Field(default=1, ge=0)
+    start_timeout_s: float = Field(default=600.0, gt=0,
+                                   description="a worker running this long without reaching the tower is cancelled")
     max_failed_starts: int = Field(default=3, ge=1, description="give up after this many workers in a row die before saying hello")
     account: str | None = None
     partition: str | None = None
@@ -96,6 +98,8 @@ class Provisioner:
         self.error: str | None = None
         self.enabled = True
         self.warned: set[int] = set()
+        self.running_since: dict[str, float] = {}
+        self.timed_out: set[str] = set()
         tower.on_worker_gone.append(self.sweep)
 
     def launcher(self, launcher_name: str, queue_name: str | None = None) -> Launcher:
@@ -133,8 +137,10 @@ class Provisioner:
         worker_id = row["worker_id"]
         if state is BatchState.QUEUED and row["state"] == "submitted":
             self.tower.store.update_worker(worker_id, state="queued")
-        elif state is BatchState.RUNNING and row["state"] in ("submitted", "queued") and worker_id not in self.tower.workers:
-            self.tower.store.update_worker(worker_id, state="starting")
+        elif state is BatchState.RUNNING and worker_id not in self.tower.workers:
+            if row["state"] in ("submitted", "queued"):
+                self.tower.store.update_worker(worker_id, state="starting")
+            self.check_start(row)
         elif state.terminal:
             never_started = row["started"] is None
             final = {BatchState.DONE: "done", BatchState.CANCELLED: "cancelled"}.get(state, "failed")
@@ -142,7 +148,7 @@ class Provisioner:
                 final = "lost"
             self.tower.worker_ended(worker_id, final, f"batch job {row['batch_id']} is {state.value}")
             queue = row["queue"] or ""
-            if never_started and final != "cancelled":
+            if never_started and (final != "cancelled" or worker_id in self.timed_out):
                 self.failed_starts[queue] = self.failed_starts.get(queue, 0) + 1
                 log = self.data_dir / "workers" / worker_id / f"{worker_id}.err"
                 logger.error("worker %s ended before it reached the tower; see %s", worker_id, log)
@@ -153,6 +159,21 @@ class Provisioner:
                     self.enabled = False
             elif not never_started:
                 self.failed_starts[queue] = 0
+
+    def check_start(self, row: dict) -> None:
+        """A batch job that runs but whose relay never reached the tower is cancelled (and counted)."""
+        worker_id = row["worker_id"]
+        first = self.running_since.setdefault(worker_id, time.monotonic())
+        queue = next((q for q in self.queues if q.name == row["queue"]), None)
+        if queue is None or time.monotonic() - first < queue.start_timeout_s:
+            return
+        logger.error("worker %s has run %.0f s without reaching the tower; cancelling it", worker_id,
+                     time.monotonic() - first)
+        self.timed_out.add(worker_id)
+        try:
+            self.launcher(row["launcher"], row["queue"]).cancel([row["batch_id"]])
+        except LauncherError as exc:
+            logger.error("provisioner: %s", exc)
 
     async def submit_needed(self) -> None:
         if not len(self.tower.dispatcher) and not self.tower.ranges.ready_count:

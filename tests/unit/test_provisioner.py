@@ -1,0 +1,69 @@
+"""The provisioner against a batch system of the test's own (its decisions, not a scheduler's)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from control_tower.provisioner import Provisioner, QueueConfig
+from control_tower.store import Store
+from control_tower.tower import Tower, TowerConfig
+from control_tower.workload import TaskSpec
+from launchers import BatchState, Launcher
+
+
+class FakeBatch(Launcher):
+    """Every submitted job runs at once and stays running until cancelled."""
+
+    name = "slurm"
+
+    def __init__(self):
+        self.jobs: dict[str, BatchState] = {}
+        self.specs = []
+
+    def submit(self, spec):
+        batch_id = str(100 + len(self.jobs))
+        self.jobs[batch_id] = BatchState.RUNNING
+        self.specs.append(spec)
+        return batch_id
+
+    def status(self, ids):
+        return {i: self.jobs.get(i, BatchState.UNKNOWN) for i in ids}
+
+    def cancel(self, ids):
+        for i in ids:
+            self.jobs[i] = BatchState.CANCELLED
+
+
+def setup(tmp_path, **queue):
+    store = Store(tmp_path / "store.sqlite").open()
+    tower = Tower(store, TowerConfig(curve=False), tmp_path)
+    spec = TaskSpec(name="t", command="true", count=40, walltime=60)
+    tower.book.add_task(store.add_task(spec, "w"), "t", spec)
+    q = QueueConfig(name="q", launcher="slurm", walltime="1h", **queue)
+    fake = FakeBatch()
+    return tower, Provisioner(tower, [q], tmp_path, launchers={"slurm:q": fake}), fake
+
+
+def test_limits_and_sizing(tmp_path):
+    tower, prov, fake = setup(tmp_path, nodes=1, max_nodes=4, ranks_per_node=2, cores_per_rank=2,
+                              max_running=2, max_queued=5)
+    for _ in range(5):
+        asyncio.run(prov.cycle())
+    assert len(fake.specs) == 2, "never more than max_running workers"
+    assert fake.specs[0].nodes == 4, "40 one-core jobs fill 4 nodes of 4 cores (the maximum)"
+
+
+def test_worker_that_never_reaches_the_tower_is_cancelled(tmp_path):
+    tower, prov, fake = setup(tmp_path, start_timeout_s=0.001, max_failed_starts=2, max_running=1)
+    asyncio.run(prov.cycle())                    # submits; the fake runs it, no relay ever says hello
+    (first,) = fake.jobs
+    asyncio.run(prov.cycle())                    # seen running without a hello: clock starts
+    asyncio.run(prov.cycle())                    # past the start timeout: cancelled
+    assert fake.jobs[first] is BatchState.CANCELLED
+    asyncio.run(prov.cycle())                    # the cancel is seen; counted as a failed start
+    assert prov.failed_starts["q"] == 1
+    states = {w["worker_id"]: w["state"] for w in tower.store.workers()}
+    assert states["q-00001"] == "cancelled"
+    for _ in range(4):                           # the next one fails the same way: the queue gives up
+        asyncio.run(prov.cycle())
+    assert prov.enabled is False and "died before reaching the tower" in prov.error
