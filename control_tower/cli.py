@@ -9,20 +9,40 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
-
-from launchers import LauncherError
 
 from .client import ClientError, TowerClient
-from .service import ServiceError
-from .site import SiteError
-from .store import StoreError
-from .workload import WorkloadError, load_workload
 
 logger = logging.getLogger(__name__)
 
-USER_ERRORS = (WorkloadError, SiteError, ServiceError, StoreError, ClientError, LauncherError, OSError)
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The product's own errors: a clear line for the user, not a traceback (imported when needed)."""
+    from launchers import LauncherError
+
+    from .service import ServiceError
+    from .site import SiteError
+    from .store import StoreError
+    from .workload import WorkloadError
+
+    return (WorkloadError, SiteError, ServiceError, StoreError, ClientError, LauncherError, OSError)
+
+
+def load_workload(path):
+    from .workload import load_workload as load
+
+    return load(path)
+
+
+def Console(**kw):  # noqa: N802 - rich's console, imported only to print
+    from rich.console import Console as RichConsole
+
+    return RichConsole(**kw)
+
+
+def Table(**kw):  # noqa: N802
+    from rich.table import Table as RichTable
+
+    return RichTable(**kw)
 
 
 def default_home() -> Path:
@@ -40,7 +60,9 @@ class Cli(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except USER_ERRORS as exc:
+        except Exception as exc:
+            if not isinstance(exc, user_errors()):
+                raise
             click.echo(f"hpc-edge: error: {exc}", err=True)
             sys.exit(2)
 

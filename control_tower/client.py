@@ -8,7 +8,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .service import INFO_NAME, TOKEN_NAME
+from .paths import INFO_NAME, TOKEN_NAME
 
 
 class ClientError(Exception):

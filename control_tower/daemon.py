@@ -19,8 +19,7 @@ from .site import SiteConfig, load_site
 
 logger = logging.getLogger(__name__)
 
-PID_NAME = "tower.pid"
-LOG_NAME = "tower.log"
+from .paths import LOG_NAME, PID_NAME
 
 
 def running_pid(data_dir: Path) -> int | None:

@@ -1,6 +1,7 @@
 """In-memory matchmaking of ready jobs to free resources, without a table scan per request.
 
-Ready jobs wait in one FIFO per task; tasks are visited by priority. A request takes jobs until the
+Ready jobs wait in one FIFO per task; tasks are visited by priority, and among equal priorities the
+widest jobs first (they are the hardest to place late: small jobs then fill the gaps they leave). A request takes jobs until the
 cores it asked for are covered, skipping tasks whose jobs need more cores, memory or walltime than
 the worker can give. Cost: the number of tasks plus the number of jobs handed out.
 """
@@ -29,7 +30,7 @@ class Dispatcher:
         self.walltime_margin_s = walltime_margin_s
         self.tasks: dict[int, TaskSlot] = {}
         self.ready: dict[int, deque[int]] = {}
-        self._order: list[tuple[int, int]] = []  # (-priority, task_id), sorted
+        self._order: list[tuple[int, int, int]] = []  # (-priority, -cores, task_id), sorted
         self._withdrawn: set[int] = set()
         self._live: dict[int, int] = {}  # task id -> ready jobs not withdrawn
         self._count = 0
@@ -38,7 +39,7 @@ class Dispatcher:
         self.tasks[task_id] = TaskSlot(task_id, priority, cores, memory_mb, walltime_s)
         self.ready.setdefault(task_id, deque())
         self._live.setdefault(task_id, 0)
-        bisect.insort(self._order, (-priority, task_id))
+        bisect.insort(self._order, (-priority, -cores, task_id))
 
     def push(self, task_id: int, job_id: int, front: bool = False) -> None:
         """Make a job ready; a job coming back (retry, preemption) goes to the front of its task."""
@@ -68,7 +69,7 @@ class Dispatcher:
         """(task_id, job_id) pairs covering up to ``cores`` cores, highest priority first."""
         taken: list[tuple[int, int]] = []
         budget = cores
-        for _, task_id in self._order:
+        for _, _, task_id in self._order:
             if budget <= 0:
                 break
             slot = self.tasks[task_id]

@@ -24,9 +24,7 @@ from .workload import Workload
 
 logger = logging.getLogger(__name__)
 
-STORE_NAME = "store.sqlite"
-INFO_NAME = "tower.json"
-TOKEN_NAME = "api.token"
+from .paths import INFO_NAME, STORE_NAME, TOKEN_NAME  # noqa: F401 - names others import from here
 
 
 class ServiceError(Exception):

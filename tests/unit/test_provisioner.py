@@ -54,16 +54,27 @@ def test_limits_and_sizing(tmp_path):
 
 
 def test_worker_that_never_reaches_the_tower_is_cancelled(tmp_path):
-    tower, prov, fake = setup(tmp_path, start_timeout_s=0.001, max_failed_starts=2, max_running=1)
+    tower, prov, fake = setup(tmp_path, start_timeout_s=600, max_failed_starts=2, max_running=1)
+
+    def ten_minutes_pass():
+        for worker_id in prov.running_since:
+            prov.running_since[worker_id] -= 601
+
     asyncio.run(prov.cycle())                    # submits; the fake runs it, no relay ever says hello
     (first,) = fake.jobs
-    asyncio.run(prov.cycle())                    # seen running without a hello: clock starts
+    asyncio.run(prov.cycle())                    # seen running without a hello: its clock starts
+    assert fake.jobs[first] is BatchState.RUNNING
+    ten_minutes_pass()
     asyncio.run(prov.cycle())                    # past the start timeout: cancelled
     assert fake.jobs[first] is BatchState.CANCELLED
-    asyncio.run(prov.cycle())                    # the cancel is seen; counted as a failed start
+    asyncio.run(prov.cycle())                    # the cancel is seen (counted), and a new worker goes in
     assert prov.failed_starts["q"] == 1
     states = {w["worker_id"]: w["state"] for w in tower.store.workers()}
     assert states["q-00001"] == "cancelled"
-    for _ in range(4):                           # the next one fails the same way: the queue gives up
-        asyncio.run(prov.cycle())
+    assert len(fake.jobs) == 2
+    asyncio.run(prov.cycle())
+    ten_minutes_pass()
+    asyncio.run(prov.cycle())                    # the second one fails the same way: the queue gives up
+    asyncio.run(prov.cycle())
+    assert prov.failed_starts["q"] == 2
     assert prov.enabled is False and "died before reaching the tower" in prov.error
