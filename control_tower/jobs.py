@@ -142,7 +142,8 @@ class JobBook:
         inf = self.inflight.get(e.job_id)
         if inf is None or inf.worker_id != worker_id or inf.dispatch != e.dispatch:
             self.stale_events += 1
-            logger.debug("ignored a stale event for job %d dispatch %d from %s", e.job_id, e.dispatch, worker_id)
+            logger.debug("ignored a stale event (%s) for job %d dispatch %d from %s", e.state, e.job_id, e.dispatch,
+                         worker_id)
             return
         fields = e.model_dump(exclude={"job_id", "dispatch", "state", "t"}, exclude_none=True)
         fields["worker_id"] = worker_id

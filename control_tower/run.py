@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .provisioner import QueueConfig
-from .service import STORE_NAME, Service, ServiceError
+from .service import INFO_NAME, STORE_NAME, Service, ServiceError
 from .store import TERMINAL
 from .tower import TowerConfig
 from .workload import Workload
@@ -39,9 +40,26 @@ class RunOptions:
     log_level: str = "WARNING"
 
 
+def running_tower(data_dir: Path) -> int | None:
+    """The pid of a live tower or run serving this directory, if any."""
+    import json
+
+    import psutil
+
+    try:
+        pid = json.loads((data_dir / INFO_NAME).read_text())["pid"]
+        proc = psutil.Process(pid)
+        return pid if proc.status() != psutil.STATUS_ZOMBIE and pid != os.getpid() else None
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return None
+
+
 def prepare_data_dir(opts: RunOptions) -> bool:
     """Make the run's directory ready; True if an earlier store is resumed."""
     store = opts.data_dir / STORE_NAME
+    live = running_tower(opts.data_dir)
+    if live is not None:
+        raise ServiceError(f"{opts.data_dir} is in use by a running tower (pid {live}); let it finish or stop it")
     if store.exists():
         if opts.fresh:
             shutil.rmtree(opts.data_dir)

@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS ranges (
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY, launcher TEXT NOT NULL, queue TEXT, batch_id TEXT, state TEXT NOT NULL,
     nodes INTEGER, ranks INTEGER, cores INTEGER, walltime_s REAL, submitted REAL, started REAL,
-    ends_at REAL, ended REAL, last_seen REAL, last_seq INTEGER NOT NULL DEFAULT 0, info TEXT);
+    ends_at REAL, ended REAL, last_seen REAL, last_seq INTEGER NOT NULL DEFAULT 0, applied_above TEXT,
+    info TEXT);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, t REAL NOT NULL, kind TEXT NOT NULL, job_id INTEGER, worker_id TEXT,
     detail TEXT);

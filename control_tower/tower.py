@@ -51,7 +51,8 @@ class LiveWorker:
     identity: bytes | None = None
     ranks: list = field(default_factory=list)
     last_seen: float = 0.0
-    last_seq: int = 0
+    last_seq: int = 0                                 # every update up to this one is applied
+    applied_above: set = field(default_factory=set)   # and these, beyond it
     idle_since: float | None = None
     commands: list = field(default_factory=list)
     said_bye: bool = False
@@ -84,7 +85,8 @@ class Tower:
             if spec.event_service:
                 self.ranges.add_task(task_id, spec)
         for row in self.store.workers(live_only=True):
-            live = LiveWorker(row["worker_id"], last_seen=time.monotonic(), last_seq=row["last_seq"])
+            live = LiveWorker(row["worker_id"], last_seen=time.monotonic(), last_seq=row["last_seq"],
+                              applied_above=set(json.loads(row["applied_above"] or "[]")))
             live.ranks = json.loads(row["info"] or "{}").get("ranks", [])
             self.workers[row["worker_id"]] = live
 
@@ -231,7 +233,7 @@ class Tower:
         release = self.book.reconcile(m.worker_id, set(m.holding))
         self.ranges.reconcile(m.worker_id, set(m.holding_ranges))
         self.reply(identity, p.Welcome(worker_id=m.worker_id, heartbeat_s=self.cfg.heartbeat_s,
-                                       last_seq=live.last_seq, release=release))
+                                       lost_after_s=self.cfg.lost_after_s, last_seq=live.last_seq, release=release))
 
     def handle_request(self, identity: bytes, m: p.Request) -> None:
         live = self.seen(identity)
@@ -247,7 +249,7 @@ class Tower:
         if specs or ranges:
             live.idle_since = None
             self.reply(identity, p.Work(req=m.req, jobs=specs, ranges=ranges, es_jobs=es_specs, exhausted=exhausted,
-                                        ranges_ready=bool(self.ranges.ready_count)))
+                                        ranges_ready=bool(self.ranges.ready_count), jobs_ready=bool(len(self.dispatcher))))
             return
         self.stats["no_work"] += 1
         now = time.monotonic()
@@ -260,20 +262,26 @@ class Tower:
         drain = self.stopping or (not holding and (nothing_ready or nothing_fits) and (
             self.cfg.exit_when_done or now - live.idle_since >= self.cfg.idle_drain_s))
         self.reply(identity, p.NoWork(req=m.req, retry_s=0.2 if holding else 1.0, drain=drain, exhausted=exhausted,
-                                      ranges_ready=bool(self.ranges.ready_count)))
+                                      ranges_ready=bool(self.ranges.ready_count), jobs_ready=bool(len(self.dispatcher))))
 
     def handle_update(self, identity: bytes, m: p.Update) -> None:
         live = self.seen(identity)
         self.stats["updates"] += 1
-        if m.seq <= live.last_seq:
+        if m.seq <= live.last_seq or m.seq in live.applied_above:
             self.stats["duplicate_updates"] += 1
         else:
             for event in m.events:
                 self.book.apply(live.worker_id, event)
             for event in m.ranges:
                 self.ranges.apply(live.worker_id, event)
-            live.last_seq = m.seq
-            self.store.update_worker(live.worker_id, last_seq=m.seq, last_seen=time.time())
+            # updates may arrive out of order after a reconnect (one lost with the old connection,
+            # later ones queued meanwhile): remember exactly which are applied, not just the highest
+            live.applied_above.add(m.seq)
+            while live.last_seq + 1 in live.applied_above:
+                live.last_seq += 1
+                live.applied_above.discard(live.last_seq)
+            self.store.update_worker(live.worker_id, last_seq=live.last_seq, last_seen=time.time(),
+                                     applied_above=json.dumps(sorted(live.applied_above)))
         self.reply(identity, p.Ack(seq=m.seq, commands=self.take_commands(live)))
 
     def handle_heartbeat(self, identity: bytes, m: p.Heartbeat) -> None:

@@ -71,11 +71,12 @@ class ESProcess:
 class StageOut(threading.Thread):
     """Moves finished ranges' outputs to the output area, off the rank's loop."""
 
-    def __init__(self):
+    def __init__(self, wake_fd: int | None = None):
         super().__init__(daemon=True, name="stage-out")
         self.todo: queue.Queue = queue.Queue()
         self.done: queue.Queue = queue.Queue()
         self.pending = 0
+        self.wake_fd = wake_fd  # written after each move, so the rank's loop wakes at once
 
     def submit(self, event: RangeEvent, src: Path, dest: Path) -> None:
         self.pending += 1
@@ -92,6 +93,11 @@ class StageOut(threading.Thread):
                 event.state, event.error_code = "failed", int(ErrorCode.STAGEOUT_FAILED)
                 event.error_diag = f"stage-out of {src} to {dest} failed: {exc}"
             self.done.put(event)
+            if self.wake_fd is not None:
+                try:
+                    os.write(self.wake_fd, b"s")
+                except (BlockingIOError, OSError):
+                    pass  # the pipe is full: the loop is awake anyway
 
     def collect(self) -> list[RangeEvent]:
         events = []
@@ -113,7 +119,7 @@ class EventRunner:
         self.queues: dict[int, deque[RangeSpec]] = {}
         self.exhausted: set[int] = set()
         self.procs: dict[int, ESProcess] = {}  # pid -> process
-        self.stage_out = StageOut()
+        self.stage_out = StageOut(executor._wake_w)
         self.stage_out.start()
         self._n = 0
 

@@ -84,13 +84,13 @@ class Executor:
         self.running: dict[int, Running] = {}  # pid -> Running
         self.free_cores = self.cores
         self.free_memory_mb = self.memory_mb
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self.es = EventRunner(self)
         self.term_signal_at: float | None = None  # set by a signal handler: this rank is being terminated
         self.watchdog = Watchdog() if self.guard else None
         self.doubtful: list[tuple[float, Running, int, object]] = []
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
 
     # ---- the loop's steps -------------------------------------------------------------------
     def add(self, specs: list[JobSpec]) -> None:
@@ -319,6 +319,8 @@ class Executor:
 
     def _event(self, spec: JobSpec, state: str, t: float, **kw) -> JobEvent:
         # built by this module from checked values; the tower validates every event it receives
+        # (files is always given: pydantic would inspect its default factory's signature each time)
+        kw.setdefault("files", [])
         return JobEvent.model_construct(job_id=spec.job_id, dispatch=spec.dispatch, state=state, t=t,
                                         rank=self.rank, host=self.host, **kw)
 

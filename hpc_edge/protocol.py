@@ -151,6 +151,7 @@ class Welcome(_Message):
     kind: Literal["welcome"] = "welcome"
     worker_id: str
     heartbeat_s: float
+    lost_after_s: float | None = None  # the tower gives the worker up after this long without a word
     last_seq: int = Field(default=0, ge=0)
     release: list[int] = Field(default_factory=list)
 
@@ -173,6 +174,7 @@ class Work(_Message):
     es_jobs: list[JobSpec] = Field(default_factory=list)  # the jobs the ranges belong to
     exhausted: list[int] = Field(default_factory=list)    # event-service jobs with no ready range left
     ranges_ready: bool = False                            # whether the tower has ranges to give
+    jobs_ready: bool = True                               # and jobs
 
 
 class NoWork(_Message):
@@ -182,6 +184,7 @@ class NoWork(_Message):
     drain: bool = False
     exhausted: list[int] = Field(default_factory=list)
     ranges_ready: bool = False
+    jobs_ready: bool = False
 
 
 class Update(_Message):

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 TAG_TO_RANK = 11
 TAG_TO_RELAY = 12
 IDLE_WAIT_S = 0.005
+BATCH_S = 0.01    # a rank reports to the relay at most this often ...
+BATCH_MAX = 256   # ... unless this many events wait
 
 
 # ---- relay side -----------------------------------------------------------------------------
@@ -80,31 +82,45 @@ def rank_loop(comm, executor: Executor) -> None:
     signal.signal(signal.SIGUSR1, lambda *_: setattr(executor, "term_signal_at", time.monotonic()))
     executor.install_sigchld_wakeup()
     stopping = False
+    outbox: list = []
+    since = 0.0
     while True:
-        events: list[JobEvent] = []
+        events: list = []
         for message in rank_recv(comm):
-            kind = message[0]
-            if kind == "work":
-                executor.add(message[1])
-            elif kind == "ranges":
-                executor.es.add(message[1], message[2])
-            elif kind == "exhausted":
-                executor.es.mark_exhausted(message[1])
-            elif kind == "kill":
-                events += executor.kill(set(message[1]), ErrorCode(message[2]), message[3])
-            elif kind == "stop":
-                stopping = True
-                events += executor.kill_all(ErrorCode(message[1]), message[2])
+            events += handle_relay_message(executor, message)
+            stopping = stopping or message[0] == "stop"
         if terminating and not stopping:
             stopping = True
             events += executor.kill_all(ErrorCode.WORKER_STOPPED, "worker terminated (SIGTERM)")
         events += executor.step()
         if events:
-            rank_send_events(comm, events)
+            if not outbox:
+                since = time.monotonic()
+            outbox += events
+        # batch what goes to the relay: at most one message per BATCH_S, or sooner when it fills
+        if outbox and (stopping or len(outbox) >= BATCH_MAX or time.monotonic() - since >= BATCH_S
+                       or not executor.busy):
+            rank_send_events(comm, outbox)
+            outbox = []
         if stopping and not executor.busy:
             rank_send_events(comm, [], kind="stopped")
             log.debug("rank stopped")
             return
         if not events:
             executor.wait(IDLE_WAIT_S if not executor.idle else IDLE_WAIT_S * 4)
-            time.sleep(0)
+
+
+def handle_relay_message(executor: Executor, message: tuple) -> list:
+    """Act on one message from the relay; return the events it causes at once."""
+    kind = message[0]
+    if kind == "work":
+        executor.add(message[1])
+    elif kind == "ranges":
+        executor.es.add(message[1], message[2])
+    elif kind == "exhausted":
+        executor.es.mark_exhausted(message[1])
+    elif kind == "kill":
+        return executor.kill(set(message[1]), ErrorCode(message[2]), message[3])
+    elif kind == "stop":
+        return executor.kill_all(ErrorCode(message[1]), message[2])
+    return []

@@ -65,7 +65,10 @@ class Relay:
         self.exhausted: set[int] = set()                 # jobs the tower has no range left of
         self.exhausted_told: set[int] = set()
         self.mean_range_wall: float | None = None  # learnt from finished ranges
-        self.ranges_ready = True  # ask for ranges until the tower says it has none
+        self.ranges_ready = True  # ask for ranges (and jobs) until the tower says it has none
+        self.jobs_ready = True
+        self.lost_after_s: float | None = None
+        self.last_heard = time.monotonic()
         self.pending: list = []
         self.pending_since = 0.0
         self.unacked = Outbox(config.outbox_memory_bytes, config.spool_dir)
@@ -149,6 +152,7 @@ class Relay:
             self.welcomed = False
             self.send_hello()
         for data in self.link.receive(events):
+            self.last_heard = time.monotonic()
             try:
                 message = p.decode(data)
             except ProtocolError as exc:
@@ -159,6 +163,7 @@ class Relay:
     def handle_welcome(self, m: p.Welcome) -> None:
         self.welcomed = True
         self.cfg.heartbeat_s = m.heartbeat_s
+        self.lost_after_s = m.lost_after_s
         self.unacked.ack_upto(m.last_seq)
         now = time.monotonic()
         for seq in sorted(self.unacked.items):  # the tower restarted or lost them: send again
@@ -182,15 +187,16 @@ class Relay:
         self.exhausted -= fresh
         self.exhausted_told -= fresh
         self.exhausted.update(m.exhausted)
-        self.ranges_ready = m.ranges_ready
+        self.ranges_ready, self.jobs_ready = m.ranges_ready, m.jobs_ready
 
     def handle_no_work(self, m: p.NoWork) -> None:
         if m.req <= self.void_req:
             return
         self.req_out = None
         self.exhausted.update(m.exhausted)
-        self.ranges_ready = m.ranges_ready
-        self.retry_at = time.monotonic() + m.retry_s
+        self.ranges_ready, self.jobs_ready = m.ranges_ready, m.jobs_ready
+        if not (m.ranges_ready or m.jobs_ready):  # nothing at all: ask again later
+            self.retry_at = time.monotonic() + m.retry_s
         if m.drain and not self.draining:
             logger.info("relay %s: the tower has no more work; draining", self.cfg.worker_id)
             self.draining = True
@@ -218,10 +224,14 @@ class Relay:
         if now < self.retry_at:
             return
         want = self.target_cores() - sum(self.rank_load) - sum(s.cores for s in self.buffer)
-        want_ranges = 0
-        if self.ranges_ready:
-            want_ranges = self.target_ranges() - len(self.held_ranges) - len(self.range_buffer)
-        if want < 1 and want_ranges < 1:
+        want_ranges = self.target_ranges() - len(self.held_ranges) - len(self.range_buffer)
+        # ask in chunks (a quarter of the target) rather than a job at a time: fewer round trips and
+        # tower commits; with long jobs the target is the cores alone and every free core asks at once.
+        # Ask only for what the tower said it has; when it had nothing, probe after its retry delay.
+        probing = not (self.jobs_ready or self.ranges_ready)
+        jobs_due = (self.jobs_ready or probing) and want >= max(1, self.target_cores() // 4)
+        ranges_due = (self.ranges_ready or probing) and want_ranges >= max(1, self.target_ranges() // 4)
+        if not (jobs_due or ranges_due):
             return
         self.req += 1
         remaining = None if self.cfg.ends_at is None else self.cfg.ends_at - time.time()
@@ -269,6 +279,12 @@ class Relay:
             # the request or its answer was lost: a new hello voids it, and the tower takes back
             # whatever it had sent in answer
             self.send_hello()
+        if self.lost_after_s and now - self.last_heard > self.lost_after_s \
+                and not self.stop_reason:
+            # the tower has given this worker up by now and handed its work to others: running on
+            # would only do it twice
+            self.stop(ErrorCode.LOST_WORKER, f"no word from the tower for {now - self.last_heard:.0f} s")
+            self._stop_deadline = now
         if now - self.last_sent > self.cfg.heartbeat_s:
             if self.welcomed:
                 self.send(p.Heartbeat(running=len(self.held), last_seq=self.seq))

@@ -67,3 +67,26 @@ tasks:
     runs = Counter(int(line) for line in ran.read_text().split())
     assert len(runs) == 1200 and set(runs.values()) == {1}
     assert processes_under(home) == []
+
+
+def test_relays_of_a_tower_that_never_returns_stop_themselves(tmp_path):
+    """After lost_after_s the tower would have handed the work to others: the orphans stop, payloads too."""
+    home = tmp_path / "tower"
+    env = {"HPC_EDGE_HOME": str(home)}
+    site = write_workload(tmp_path, """
+tower: {heartbeat_s: 1, lost_after_s: 6}
+provision_interval_s: 0.5
+queues: [{name: local, launcher: local, ranks_per_node: 2, cores_per_rank: 1}]
+""", "site.yaml")
+    workload = write_workload(tmp_path, "name: w\ntasks: [{name: t, command: sleep 300, count: 2, walltime: 10m}]\n")
+    run_cli("tower", "start", "--site", site, env=env, check=True)
+    run_cli("submit", workload, env=env, check=True)
+    wait_for(lambda: query(home, "SELECT count(*) FROM jobs WHERE state='running'")[0][0] == 2, 120, "2 running")
+    mpiexec = psutil.Process(int(query(home, "SELECT batch_id FROM workers")[0][0].split(":")[0]))
+    payloads = [psutil.Process(pid) for (pid,) in query(home, "SELECT pid FROM jobs")]
+    tower = int((home / "tower.pid").read_text())
+    os.kill(tower, signal.SIGKILL)
+    psutil.Process(tower).wait(30)
+    mpiexec.wait(120)  # ends by itself once its relay gives up (6 s of silence, then its payloads' grace)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in payloads)
+    assert processes_under(home) == []

@@ -1,0 +1,1 @@
+"""Payloads the benchmarks run."""

@@ -1,0 +1,163 @@
+"""Benchmark 1, throughput: N ``/bin/true`` payloads on 2 ranks, end to end, against raw peers and Parsl.
+
+Ours is ``hpc-edge run WORKLOAD --ranks 2 --json --fresh`` as a user types it: a tower in-process,
+real ``mpiexec``, a relay over ZeroMQ, one subprocess per payload, every state change in SQLite.
+Two figures are kept: jobs/s over the wall-clock of the whole command (start-up, mpiexec, drain and
+exit included: the honest end-to-end number, and the one the targets apply to) and jobs/s over the
+``elapsed_s`` the command reports itself (from the start of serving to the last job's end).
+
+Peers, in the same run and interleaved with ours repeat by repeat:
+  raw_subprocess  ``subprocess.run(['/bin/true'])`` from 2 processes (peers/raw_true.py)
+  process_pool    ``ProcessPoolExecutor(2).map`` of a function doing that (peers/pool_true.py)
+  parsl_htex      Parsl HighThroughputExecutor, LocalProvider, 2 workers, bash_app ``true``
+                  (peers/parsl_true.py, in bench/.peers-venv)
+Peers' wall-clock is of their whole script too; their inner figure is their timed phase.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from .harness import (
+    HPC_EDGE,
+    PEERS,
+    PEERS_PYTHON,
+    BenchError,
+    Context,
+    Figure,
+    Record,
+    Target,
+    last_json_line,
+    peers_env,
+    py_spy_wrap,
+    tail,
+    timed,
+    unavailable,
+)
+
+NAME = "throughput"
+PEER_NAMES = ("raw_subprocess", "process_pool", "parsl_htex")
+
+
+def workload_yaml(n: int) -> str:
+    # "true" is a YAML boolean: the task name is quoted so it stays a string.
+    return f"""name: bench-throughput
+tasks:
+  - name: "true"
+    command: /bin/true
+    count: {n}
+    walltime: 1m
+    max_attempts: 1
+"""
+
+
+def run_ours(ctx: Context, n: int, ranks: int, tag: str, profile: Path | None = None) -> tuple[float, float]:
+    """(wall-clock of the command, its own elapsed_s); under py-spy when ``profile`` is a file."""
+    where = ctx.scratch(f"throughput-{tag}")
+    wl = where / "workload.yaml"
+    wl.write_text(workload_yaml(n))
+    data = where / "data"
+    argv = [HPC_EDGE, "run", wl, "--ranks", ranks, "--json", "--data-dir", data, "--fresh"]
+    try:
+        got = timed(py_spy_wrap(argv, profile) if profile else argv, cwd=where, timeout=3600)
+        if got.returncode != 0:
+            raise BenchError(f"hpc-edge run exited {got.returncode}: {tail(got.stderr)}")
+        summary = last_json_line(got.stdout)
+        finished = summary["states"].get("finished", 0)
+        if finished != n:
+            raise BenchError(f"hpc-edge run finished {finished} of {n} jobs: {summary['states']}")
+        return got.wall_s, float(summary["elapsed_s"])
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def run_peer(ctx: Context, peer: str, n: int, procs: int, tag: str) -> tuple[float, float]:
+    """(wall-clock of the peer's script, its timed phase)."""
+    where = ctx.scratch(f"peer-{peer}-{tag}")
+    try:
+        if peer == "parsl_htex":
+            argv = [PEERS_PYTHON, PEERS / "parsl_true.py", n, procs, where / "runinfo"]
+            env = peers_env()
+        else:
+            script = {"raw_subprocess": "raw_true.py", "process_pool": "pool_true.py"}[peer]
+            argv, env = [sys.executable, PEERS / script, n, procs], None
+        got = timed(argv, cwd=where, env=env, timeout=3600)
+        if got.returncode != 0:
+            raise BenchError(f"{peer} exited {got.returncode}: {tail(got.stderr)}")
+        out = last_json_line(got.stdout)
+        return got.wall_s, float(out["inner_s"])
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def sizes(ctx: Context) -> list[int]:
+    if ctx.options.get("throughput_n"):
+        return [int(x) for x in ctx.options["throughput_n"]]
+    return [1_000] if ctx.quick else [5_000, 20_000]
+
+
+def peer_figs(ctx: Context, series: dict[str, list[float]], errors: dict[str, str]) -> dict[str, Figure]:
+    figs = {}
+    for peer in PEER_NAMES:
+        if peer == "parsl_htex" and ctx.peers_status is not None:
+            figs[peer] = unavailable(ctx.peers_status, "jobs/s")
+        elif peer in errors:
+            figs[peer] = unavailable(errors[peer], "jobs/s")
+        else:
+            figs[peer] = Figure("jobs/s", series[peer])
+    return figs
+
+
+def run(ctx: Context) -> list[Record]:
+    ranks = 2
+    records = []
+    for n in sizes(ctx):
+        repeats = ctx.repeats(full=3, quick=2)
+        peers = [p for p in PEER_NAMES if p != "parsl_htex" or ctx.peers_status is None]
+        parsl_repeats = ctx.repeats(full=3, quick=1)
+        wall: dict[str, list[float]] = {k: [] for k in ("ours", *peers)}
+        inner: dict[str, list[float]] = {k: [] for k in ("ours", *peers)}
+        errors: dict[str, str] = {}
+        if ctx.options.get("profile_dir"):
+            # a separate, extra run under py-spy: its figures are not kept (the sampler costs time)
+            out = ctx.options["profile_dir"] / f"throughput-n{n}.txt"
+            ctx.log(f"throughput n={n}: a profiled run (not counted) -> {out}")
+            run_ours(ctx, n, ranks, f"{n}-profile", out)
+        for i in range(repeats):
+            ctx.log(f"throughput n={n}: repeat {i + 1}/{repeats}: hpc-edge run")
+            w, e = run_ours(ctx, n, ranks, f"{n}-{i}")
+            wall["ours"].append(n / w)
+            inner["ours"].append(n / e)
+            ctx.log(f"  hpc-edge run: {w:.2f} s wall ({n / w:.0f} jobs/s), elapsed_s {e:.2f}")
+            for peer in peers:
+                if peer in errors or (peer == "parsl_htex" and i >= parsl_repeats):
+                    continue
+                try:
+                    w, e = run_peer(ctx, peer, n, ranks, f"{n}-{i}")
+                except BenchError as exc:
+                    errors[peer] = f"error: {exc}"
+                    ctx.log(f"  {peer}: {exc}")
+                    continue
+                wall[peer].append(n / w)
+                inner[peer].append(n / e)
+                ctx.log(f"  {peer}: {w:.2f} s wall ({n / w:.0f} jobs/s), inner {e:.2f} s")
+
+        params = {"n": n, "payload": "/bin/true", "ranks": ranks, "peer_procs": ranks,
+                  "repeats": repeats, "parsl_repeats": parsl_repeats,
+                  "parsl": "HighThroughputExecutor, LocalProvider, max_workers_per_node=2, bash_app 'true'"}
+        records.append(Record(
+            NAME, "jobs/s over the wall-clock of the whole command", params, Figure("jobs/s", wall["ours"]),
+            peer_figs(ctx, wall, errors),
+            [Target(">= 0.8x raw subprocess", ">=", 0.8, "raw_subprocess"),
+             Target(">= 3x Parsl HTEX", ">=", 3.0, "parsl_htex")],
+            notes="ours: `hpc-edge run --ranks 2 --json --fresh`, timed around the process; "
+                  "peers: their whole script, timed the same way", label=f"n={n} wall-clock"))
+        records.append(Record(
+            NAME, "jobs/s over the run's own elapsed time", params, Figure("jobs/s", inner["ours"]),
+            peer_figs(ctx, inner, errors),
+            notes="ours: N / summary elapsed_s (serving start to last job); peers: N / their timed phase "
+                  "(Parsl: first submit to last result, after parsl.load). No target: informational",
+            label=f"n={n} own elapsed"))
+    return records
