@@ -113,22 +113,30 @@ def build_app(service) -> web.Application:
             return _error(400, str(exc))
         return web.json_response({"tasks": ids})
 
+    async def json_object(request) -> dict:
+        body = json.loads(await request.text())
+        if not isinstance(body, dict):
+            raise ValueError("body must be a JSON object")
+        return body
+
+    def selected_jobs(body: dict, states: list | None = None) -> list[int]:
+        """The job ids a body names: {"jobs": [...]} or {"task": id} (in the given states)."""
+        if "task" in body:
+            task = int(body["task"])
+            return [j["job_id"] for s in (states or [None]) for j in store.jobs(s, task, limit=100_000_000)]
+        return [int(j) for j in body.get("jobs", [])]
+
     async def kill(request):
         if not authorized(request):
             return _error(401, "a valid token is needed")
         try:
-            body = json.loads(await request.text())
-            if not isinstance(body, dict):
-                raise ValueError("body must be a JSON object")
-        except ValueError as exc:
+            body = await json_object(request)
+            if "worker" in body:
+                ok = await service.cancel_worker(str(body["worker"]))
+                return web.json_response({"worker": body["worker"], "cancelled": ok})
+            ids = selected_jobs(body)
+        except (ValueError, TypeError) as exc:
             return _error(400, f"bad body: {exc}")
-        if "worker" in body:
-            ok = await service.cancel_worker(str(body["worker"]))
-            return web.json_response({"worker": body["worker"], "cancelled": ok})
-        if "task" in body:
-            ids = [j["job_id"] for j in store.jobs(task_id=int(body["task"]), limit=100_000_000)]
-        else:
-            ids = [int(j) for j in body.get("jobs", [])]
         result = tower.kill_jobs(ids)
         tower.flush()
         return web.json_response(result)
@@ -137,14 +145,8 @@ def build_app(service) -> web.Application:
         if not authorized(request):
             return _error(401, "a valid token is needed")
         try:
-            body = json.loads(await request.text())
-            if not isinstance(body, dict):
-                raise ValueError("body must be a JSON object")
-            if "task" in body:
-                states = body.get("states") or ["failed", "cancelled"]
-                ids = [j["job_id"] for s in states for j in store.jobs(s, int(body["task"]), limit=100_000_000)]
-            else:
-                ids = [int(j) for j in body.get("jobs", [])]
+            body = await json_object(request)
+            ids = selected_jobs(body, body.get("states") or ["failed", "cancelled"])
         except (ValueError, TypeError) as exc:
             return _error(400, f"bad body: {exc}")
         result = tower.retry_jobs(sorted(ids))
