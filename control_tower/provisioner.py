@@ -118,12 +118,7 @@ class Provisioner:
 
     async def watch(self) -> None:
         """Ask each launcher about its live workers; end those the batch system says are gone."""
-        live = self.tower.store.workers(live_only=True)
-        by_launcher: dict[tuple[str, str], list[dict]] = {}
-        for row in live:
-            if row["launcher"] != "external" and row["batch_id"]:
-                by_launcher.setdefault((row["launcher"], row["queue"]), []).append(row)
-        for (name, queue), rows in by_launcher.items():
+        for (name, queue), rows in self.live_batch_jobs().items():
             try:
                 states = await asyncio.to_thread(self.launcher(name, queue).status, [r["batch_id"] for r in rows])
             except LauncherError as exc:
@@ -132,6 +127,14 @@ class Provisioner:
             for row in rows:
                 self.apply_batch_state(row, states.get(row["batch_id"], BatchState.UNKNOWN))
         self.tower.flush()
+
+    def live_batch_jobs(self) -> dict[tuple[str, str], list[dict]]:
+        """Live workers this tower submitted, grouped by (launcher, queue): one status call per group."""
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for row in self.tower.store.workers(live_only=True):
+            if row["launcher"] != "external" and row["batch_id"]:
+                groups.setdefault((row["launcher"], row["queue"]), []).append(row)
+        return groups
 
     def apply_batch_state(self, row: dict, state: BatchState) -> None:
         worker_id = row["worker_id"]
@@ -263,11 +266,8 @@ class Provisioner:
 
     # ---- ending -------------------------------------------------------------------------------
     async def cancel_all(self, wait_s: float = 20.0) -> None:
-        rows = [r for r in self.tower.store.workers(live_only=True) if r["batch_id"] and r["launcher"] != "external"]
-        by_launcher: dict[tuple[str, str], list[str]] = {}
-        for row in rows:
-            by_launcher.setdefault((row["launcher"], row["queue"]), []).append(row["batch_id"])
-        for (name, queue), ids in by_launcher.items():
+        for (name, queue), rows in self.live_batch_jobs().items():
+            ids = [r["batch_id"] for r in rows]
             launcher = self.launcher(name, queue)
             try:
                 await asyncio.to_thread(launcher.cancel, ids)

@@ -238,12 +238,6 @@ class Store:
         names = [c[0] for c in cur.description]
         return [dict(zip(names, row)) for row in cur]
 
-    def count_by_state(self) -> dict[int, dict[str, int]]:
-        out: dict[int, dict[str, int]] = {}
-        for task_id, state, n in self.db.execute("SELECT task_id, state, count(*) FROM jobs GROUP BY 1, 2"):
-            out.setdefault(task_id, {})[state] = n
-        return out
-
     # ---- workers ------------------------------------------------------------------------------
     def add_worker(self, worker_id: str, launcher: str, queue: str | None, nodes: int, ranks: int,
                    cores: int, walltime_s: float | None) -> None:

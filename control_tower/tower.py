@@ -134,11 +134,6 @@ class Tower:
         if self._auth is not None:
             self._auth.stop()
 
-    async def serve(self, until=None) -> None:
-        """Serve relays until stop() or ``until()`` is true."""
-        while not self.stopping and not (until and until()):
-            await self.turn(timeout_ms=200)
-
     async def turn(self, timeout_ms: int = 200) -> None:
         """One turn: read everything waiting, handle it, commit, reply."""
         for worker_id, data in self.messenger.poll():
@@ -246,23 +241,24 @@ class Tower:
             if m.ranges:
                 ranges, es_specs = self.ranges.take(worker_id, m.ranges)
         exhausted = self.ranges.exhausted(worker_id)
+        ranges_ready = self.ranges.ready_count
         if specs or ranges:
             live.idle_since = None
             self.reply(identity, p.Work(req=m.req, jobs=specs, ranges=ranges, es_jobs=es_specs, exhausted=exhausted,
-                                        ranges_ready=bool(self.ranges.ready_count), jobs_ready=bool(len(self.dispatcher))))
+                                        ranges_ready=bool(ranges_ready), jobs_ready=bool(len(self.dispatcher))))
             return
         self.stats["no_work"] += 1
         now = time.monotonic()
         if live.idle_since is None:
             live.idle_since = now
         holding = bool(self.book.held_by(worker_id)) or bool(self.ranges.held_by(worker_id))
-        nothing_ready = not len(self.dispatcher) and not self.ranges.ready_count and not self.book.backoff
-        nothing_fits = not self.ranges.ready_count and not self.dispatcher.fits_any(
+        nothing_ready = not len(self.dispatcher) and not ranges_ready and not self.book.backoff
+        nothing_fits = not ranges_ready and not self.dispatcher.fits_any(
             m.max_job_cores, m.max_job_memory_mb, m.remaining_s)
         drain = self.stopping or (not holding and (nothing_ready or nothing_fits) and (
             self.cfg.exit_when_done or now - live.idle_since >= self.cfg.idle_drain_s))
         self.reply(identity, p.NoWork(req=m.req, retry_s=0.2 if holding else 1.0, drain=drain, exhausted=exhausted,
-                                      ranges_ready=bool(self.ranges.ready_count), jobs_ready=bool(len(self.dispatcher))))
+                                      ranges_ready=bool(ranges_ready), jobs_ready=bool(len(self.dispatcher))))
 
     def handle_update(self, identity: bytes, m: p.Update) -> None:
         live = self.seen(identity)
@@ -400,9 +396,3 @@ def _done_future(value):
     future = asyncio.get_running_loop().create_future()
     future.set_result(value)
     return future
-
-
-async def run_tower_until(tower: Tower, predicate, interval_ms: int = 200) -> None:
-    while not tower.stopping and not predicate():
-        await tower.turn(interval_ms)
-        await asyncio.sleep(0)

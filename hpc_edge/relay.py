@@ -223,14 +223,15 @@ class Relay:
         now = time.monotonic()
         if now < self.retry_at:
             return
-        want = self.target_cores() - sum(self.rank_load) - sum(s.cores for s in self.buffer)
-        want_ranges = self.target_ranges() - len(self.held_ranges) - len(self.range_buffer)
+        target, target_ranges = self.target_cores(), self.target_ranges()
+        want = target - sum(self.rank_load) - sum(s.cores for s in self.buffer)
+        want_ranges = target_ranges - len(self.held_ranges) - len(self.range_buffer)
         # ask in chunks (a quarter of the target) rather than a job at a time: fewer round trips and
         # tower commits; with long jobs the target is the cores alone and every free core asks at once.
         # Ask only for what the tower said it has; when it had nothing, probe after its retry delay.
         probing = not (self.jobs_ready or self.ranges_ready)
-        jobs_due = (self.jobs_ready or probing) and want >= max(1, self.target_cores() // 4)
-        ranges_due = (self.ranges_ready or probing) and want_ranges >= max(1, self.target_ranges() // 4)
+        jobs_due = (self.jobs_ready or probing) and want >= max(1, target // 4)
+        ranges_due = (self.ranges_ready or probing) and want_ranges >= max(1, target_ranges // 4)
         if not (jobs_due or ranges_due):
             return
         self.req += 1
