@@ -10,7 +10,7 @@ import signal
 import psutil
 import pytest
 
-from tests.helpers import jobs_by, processes_under, query, run_cli, run_json, scalar, wait_for, write_workload
+from tests.helpers import jobs_by, local_tower_site, processes_under, query, run_cli, run_json, scalar, wait_for, write_workload
 
 pytestmark = [pytest.mark.mpi, pytest.mark.fault]
 
@@ -68,13 +68,7 @@ tasks:
 
 
 def test_killed_and_stopped_payloads(tmp_path):
-    home = tmp_path / "tower"
-    env = {"HPC_EDGE_HOME": str(home)}
-    site = write_workload(tmp_path, """
-tower: {heartbeat_s: 2, idle_drain_s: 60}
-provision_interval_s: 0.5
-queues: [{name: local, launcher: local, ranks_per_node: 2, cores_per_rank: 1}]
-""", "site.yaml")
+    home, env, site = local_tower_site(tmp_path)
     workload = write_workload(tmp_path, """
 name: victims
 tasks:

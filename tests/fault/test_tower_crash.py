@@ -12,7 +12,7 @@ from collections import Counter
 import psutil
 import pytest
 
-from tests.helpers import processes_under, query, run_cli, wait_for, write_workload
+from tests.helpers import local_tower_site, processes_under, query, run_cli, wait_for, write_workload
 
 pytestmark = [pytest.mark.mpi, pytest.mark.fault]
 
@@ -71,13 +71,7 @@ tasks:
 
 def test_relays_of_a_tower_that_never_returns_stop_themselves(tmp_path):
     """After lost_after_s the tower would have handed the work to others: the orphans stop, payloads too."""
-    home = tmp_path / "tower"
-    env = {"HPC_EDGE_HOME": str(home)}
-    site = write_workload(tmp_path, """
-tower: {heartbeat_s: 1, lost_after_s: 6}
-provision_interval_s: 0.5
-queues: [{name: local, launcher: local, ranks_per_node: 2, cores_per_rank: 1}]
-""", "site.yaml")
+    home, env, site = local_tower_site(tmp_path, "{heartbeat_s: 1, lost_after_s: 6}")
     workload = write_workload(tmp_path, "name: w\ntasks: [{name: t, command: sleep 300, count: 2, walltime: 10m}]\n")
     run_cli("tower", "start", "--site", site, env=env, check=True)
     run_cli("submit", workload, env=env, check=True)
