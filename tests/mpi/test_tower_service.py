@@ -79,5 +79,7 @@ def test_run_refuses_bad_input_without_traceback(tmp_path):
 
 def test_keys_are_private(tmp_path):
     run_cli("keys", "init", "--data-dir", tmp_path, check=True)
-    for path in (tmp_path / "keys").glob("*.key_secret"):
-        assert path.stat().st_mode & 0o077 == 0, path
+    secrets = sorted(p.name for p in (tmp_path / "keys").glob("*.key_secret"))
+    assert secrets == ["client.key_secret", "server.key_secret"]  # the loop below must have work to do
+    for name in secrets:
+        assert (tmp_path / "keys" / name).stat().st_mode & 0o077 == 0, name
