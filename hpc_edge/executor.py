@@ -14,7 +14,6 @@ import select
 import shlex
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections import deque
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from .errors import PLUGIN_CODE_RANGE, ErrorCode
 from .monitor import Progress, check, read_job_report
+from .spawn import Spawner
 from .watchdog import Watchdog
 from .esrunner import EventRunner
 from .protocol import FileInfo, JobEvent, JobSpec, RangeEvent
@@ -58,7 +58,7 @@ def payload_base_env(environ) -> dict[str, str]:
 @dataclass
 class Running:
     spec: JobSpec
-    proc: subprocess.Popen
+    pid: int
     start_time: float
     start_mono: float
     stop_reason: ErrorCode | None = None
@@ -90,6 +90,7 @@ class Executor:
         self.es = EventRunner(self)
         self.term_signal_at: float | None = None  # set by a signal handler: this rank is being terminated
         self.watchdog = Watchdog() if self.guard else None
+        self.spawner = Spawner(STDOUT_NAME, STDERR_NAME)
         self.doubtful: list[tuple[float, Running, int, object]] = []
 
     # ---- the loop's steps -------------------------------------------------------------------
@@ -104,8 +105,6 @@ class Executor:
         events.extend(self.es.step())
         self.enforce_limits()
         self.escalate_kills()
-        if self.watchdog:
-            self.watchdog.flush()
         return events
 
     def enforce_limits(self) -> None:
@@ -179,7 +178,6 @@ class Executor:
 
     def start(self, spec: JobSpec) -> JobEvent:
         now = time.time()
-        workdir = Path(spec.workdir)
         env = {
             **self.base_env, **spec.env,
             "HPC_EDGE_JOB_ID": str(spec.job_id), "HPC_EDGE_TASK_ID": str(spec.task_id),
@@ -187,22 +185,18 @@ class Executor:
             "HPC_EDGE_RANK": str(self.rank), "OMP_NUM_THREADS": str(spec.cores),
         }
         try:
-            make_workdir(workdir)
-            with open(workdir / STDOUT_NAME, "wb") as out, open(workdir / STDERR_NAME, "wb") as err:
-                proc = subprocess.Popen(
-                    payload_argv(spec.command), cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=err, start_new_session=True,
-                )
+            make_workdir(spec.workdir, first=spec.dispatch == 1)
+            pid = self.spawner.spawn(payload_argv(spec.command), spec.workdir, env)
         except OSError as exc:
             logger.warning("rank %d: job %d could not start: %s", self.rank, spec.job_id, exc)
             return self._event(spec, "failed", now, start_time=now, end_time=now,
                                error_code=ErrorCode.START_FAILED, error_diag=f"could not start: {exc}")
-        self.running[proc.pid] = Running(spec, proc, now, time.monotonic())
+        self.running[pid] = Running(spec, pid, now, time.monotonic())
         if self.watchdog:
-            self.watchdog.started(proc.pid)
+            self.watchdog.started(pid)
         self.free_cores -= spec.cores
         self.free_memory_mb -= spec.memory_mb
-        return self._event(spec, "running", now, pid=proc.pid, start_time=now)
+        return self._event(spec, "running", now, pid=pid, start_time=now)
 
     # ---- ending -------------------------------------------------------------------------------
     def reap(self) -> list[JobEvent]:
@@ -222,7 +216,7 @@ class Executor:
                 continue
             if self.watchdog:
                 self.watchdog.ended(pid)
-            run.proc.returncode = code = os.waitstatus_to_exitcode(status)
+            code = os.waitstatus_to_exitcode(status)
             self.free_cores += run.spec.cores
             self.free_memory_mb += run.spec.memory_mb
             if run.stop_reason is None and -code in _TERMINATING_SIGNALS:
@@ -253,7 +247,7 @@ class Executor:
         spec = run.spec
         end = time.time()
         measures = dict(
-            pid=run.proc.pid, start_time=run.start_time, end_time=end,
+            pid=run.pid, start_time=run.start_time, end_time=end,
             wall_s=round(time.monotonic() - run.start_mono, 6),
             cpu_s=round(usage.ru_utime + usage.ru_stime, 6), max_rss_kb=int(usage.ru_maxrss),
         )
@@ -293,8 +287,8 @@ class Executor:
             if run.spec.job_id in job_ids and run.stop_reason is None:
                 run.stop_reason, run.stop_diag = reason, diag
                 run.sigterm_at = time.monotonic()
-                _killpg(run.proc.pid, signal.SIGTERM)
-                _killpg(run.proc.pid, signal.SIGCONT)  # a stopped payload must run to die of SIGTERM
+                _killpg(run.pid, signal.SIGTERM)
+                _killpg(run.pid, signal.SIGCONT)  # a stopped payload must run to die of SIGTERM
         return events
 
     def kill_all(self, reason: ErrorCode, diag: str) -> list[JobEvent | RangeEvent]:
@@ -305,11 +299,12 @@ class Executor:
         now = time.monotonic()
         for run in self.running.values():
             if run.sigterm_at is not None and now - run.sigterm_at > KILL_GRACE_S:
-                _killpg(run.proc.pid, signal.SIGKILL)
+                _killpg(run.pid, signal.SIGKILL)
 
     def close(self) -> None:
         if self.watchdog:
             self.watchdog.close()
+        self.spawner.close()
 
     def hard_kill_all(self) -> None:
         """Last resort on exit: SIGKILL every payload group so none outlives its rank."""
@@ -325,12 +320,21 @@ class Executor:
                                         rank=self.rank, host=self.host, **kw)
 
 
-def make_workdir(path: Path) -> None:
-    """A payload's fresh directory: one mkdir when its parent exists (the common case), else all."""
+def make_workdir(path: str, first: bool = False) -> None:
+    """A payload's fresh directory; on a job's first dispatch its parent (the job's directory) too.
+
+    One mkdir per level that is new, no probing: on local disks a mkdir costs tens of microseconds."""
+    if first:
+        try:
+            os.mkdir(os.path.dirname(path))
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         os.mkdir(path)
     except FileNotFoundError:
-        path.mkdir(parents=True, exist_ok=True)
+        os.makedirs(path, exist_ok=True)
     except FileExistsError:
         pass
 

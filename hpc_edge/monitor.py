@@ -66,7 +66,7 @@ def check(run, now: float) -> tuple[ErrorCode, str] | None:
     """The first limit a running payload breaks, with a diagnostic; None if it is within them all."""
     limits = run.spec.limits
     workdir = Path(run.spec.workdir)
-    cpu, rss = tree_usage(run.proc.pid)
+    cpu, rss = tree_usage(run.pid)
     out = _size(workdir / "payload.stdout") + _size(workdir / "payload.stderr")
     progress: Progress = run.progress
     if cpu > progress.cpu_s + 0.01 or out != progress.output_bytes:

@@ -2,64 +2,88 @@
 
 Payloads run in their own process groups, so killing an MPI job (``kill -9`` of mpiexec, a node
 agent's SIGKILL) would leave them running. Each rank therefore starts this small process in a session
-of its own and tells it, over a pipe, which payload groups it starts and reaps. When the pipe closes
-(the rank is gone, however it ended) the watchdog SIGKILLs every group still listed, then exits.
+of its own. The rank keeps the groups it guards in a table of process ids in shared memory (a memfd
+both map: one store per payload start or end, no message, no wake-up), and holds a pipe to the
+watchdog open. When the pipe closes (the rank is gone, however it ended) the watchdog reads the table
+and SIGKILLs every group still in it, then exits.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 import subprocess
 import sys
+from array import array
+
+_SLOT = 4  # bytes per pid (int32)
 
 
 class Watchdog:
-    """The rank's end of the pipe."""
+    """The rank's side: a table of guarded process-group ids, and the pipe whose end is the alarm."""
 
-    def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-m", "hpc_edge.watchdog"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, start_new_session=True, bufsize=0, cwd="/")
-        self._lines: list[str] = []
+    def __init__(self, slots: int = 1024):
+        self._fd = os.memfd_create("hpc-edge-watchdog", os.MFD_CLOEXEC)
+        self._slots = 0
+        self._map: mmap.mmap | None = None
+        self._where: dict[int, int] = {}  # pgid -> slot
+        self._free: list[int] = []
+        self._grow(slots)
+        self.proc = subprocess.Popen([sys.executable, "-m", "hpc_edge.watchdog", str(self._fd)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+                                     bufsize=0, cwd="/", pass_fds=(self._fd,))
+
+    def _grow(self, slots: int) -> None:
+        os.ftruncate(self._fd, slots * _SLOT)  # new slots read as zero: empty
+        if self._map is not None:
+            self._map.close()
+        self._map = mmap.mmap(self._fd, slots * _SLOT)
+        self._free.extend(range(slots - 1, self._slots - 1, -1))
+        self._slots = slots
 
     def started(self, pgid: int) -> None:
-        self._lines.append(f"+{pgid}\n")
+        if not self._free:
+            self._grow(self._slots * 2)
+        slot = self._free.pop()
+        self._map[slot * _SLOT:(slot + 1) * _SLOT] = pgid.to_bytes(_SLOT, sys.byteorder, signed=True)
+        self._where[pgid] = slot
 
     def ended(self, pgid: int) -> None:
-        self._lines.append(f"-{pgid}\n")
+        slot = self._where.pop(pgid, None)
+        if slot is not None:
+            self._map[slot * _SLOT:(slot + 1) * _SLOT] = bytes(_SLOT)
+            self._free.append(slot)
 
-    def flush(self) -> None:
-        """Tell the watchdog what changed (once per turn of the rank's loop, not per payload).
-
-        A payload started in this turn is guarded from the end of the turn: a rank killed in
-        between leaves at most that turn's payloads unguarded."""
-        if not self._lines:
-            return
-        data, self._lines = "".join(self._lines).encode(), []
-        try:
-            self.proc.stdin.write(data)
-        except (BrokenPipeError, OSError):
-            pass  # the watchdog died: payloads simply lose their guard
+    @property
+    def guarded(self) -> set[int]:
+        return set(self._where)
 
     def close(self) -> None:
-        """An orderly end: nothing left to guard."""
+        """The rank's end: the watchdog kills whatever is still guarded (normally nothing), and leaves."""
         try:
-            self.flush()
             self.proc.stdin.close()
             self.proc.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             pass
+        self._map.close()
+        os.close(self._fd)
 
 
-def main() -> int:
+def guarded_groups(fd: int) -> set[int]:
+    """The process-group ids in the table behind fd (its current size: the rank may have grown it)."""
+    table = array("i")
+    table.frombytes(os.pread(fd, os.fstat(fd).st_size, 0))
+    return {pgid for pgid in table if pgid > 0}
+
+
+def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # outlive the job's SIGTERM; leave on the pipe's end
-    guarded: set[int] = set()
-    for line in sys.stdin.buffer:
-        text = line.strip().decode(errors="replace")
-        if len(text) > 1 and text[1:].isdigit():
-            (guarded.add if text[0] == "+" else guarded.discard)(int(text[1:]))
-    for pgid in guarded:
+    fd = int(argv[0])
+    while sys.stdin.buffer.read(65536):  # nothing is written: this returns b"" when the rank is gone
+        pass
+    for pgid in guarded_groups(fd):
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -68,4 +92,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

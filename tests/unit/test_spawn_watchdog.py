@@ -1,0 +1,92 @@
+"""How a rank starts payloads (posix_spawn) and how its watchdog kills them when the rank is gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from hpc_edge.spawn import Spawner
+from hpc_edge.watchdog import Watchdog
+
+
+@pytest.fixture
+def spawner():
+    s = Spawner("out.txt", "err.txt")
+    yield s
+    s.close()
+
+
+def run(spawner, argv, cwd, env=None) -> int:
+    pid = spawner.spawn(argv, str(cwd), env or dict(os.environ))
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_payload_runs_in_its_directory_with_its_env_and_files(spawner, tmp_path):
+    env = {**os.environ, "GREETING": "hi"}
+    code = run(spawner, ["/bin/sh", "-c", 'pwd; echo "$GREETING"; echo oops >&2; exit 3'], tmp_path, env)
+    assert code == 3
+    assert (tmp_path / "out.txt").read_text().split() == [str(tmp_path), "hi"]
+    assert (tmp_path / "err.txt").read_text() == "oops\n"
+    assert os.getcwd() != str(tmp_path)  # the rank is back where it was
+
+
+def test_program_is_looked_up_on_the_payloads_path_not_the_ranks(spawner, tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "only-here"
+    tool.write_text("#!/bin/sh\necho found\n")
+    tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:/usr/bin:/bin"}
+    assert run(spawner, ["only-here"], tmp_path, env) == 0
+    assert (tmp_path / "out.txt").read_text() == "found\n"
+    with pytest.raises(FileNotFoundError):
+        spawner.spawn(["only-here"], str(tmp_path), dict(os.environ))
+
+
+def test_new_session_default_sigpipe_and_no_inherited_descriptors(spawner, tmp_path):
+    r, w0 = os.pipe()
+    w = os.dup2(w0, 100, inheritable=True)  # as a library that forgot O_CLOEXEC would leave it
+    os.close(w0)
+    try:
+        pid = spawner.spawn(["/bin/sh", "-c", "cut -d' ' -f6 /proc/$$/stat; grep SigIgn /proc/self/status; "
+                             "ls /proc/self/fd"], str(tmp_path), dict(os.environ))
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(r)
+        os.close(w)
+    lines = (tmp_path / "out.txt").read_text().split()
+    assert int(lines[0]) == pid, "a payload leads its own session"
+    ignored = int(lines[2], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), "SIGPIPE must be back to its default in payloads"
+    assert "100" not in lines[3:], "an inheritable descriptor of the rank leaked into a payload"
+
+
+def test_watchdog_kills_guarded_groups_when_the_rank_is_gone(tmp_path):
+    wd = Watchdog(slots=2)  # three payloads: the table has to grow while the watchdog runs
+    payloads = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(4)]
+    try:
+        for proc in payloads:
+            wd.started(proc.pid)
+        wd.ended(payloads[3].pid)  # reaped by the rank: no longer guarded
+        assert wd.guarded == {p.pid for p in payloads[:3]}
+        wd.proc.stdin.close()  # what a rank's death does to the pipe
+        assert wd.proc.wait(timeout=30) == 0
+        for proc in payloads[:3]:
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+        assert payloads[3].poll() is None, "a payload the rank had reaped must not be touched"
+    finally:
+        for proc in payloads:
+            proc.kill()
+            proc.wait()
+
+
+def test_orderly_close_with_nothing_guarded():
+    wd = Watchdog()
+    wd.close()
+    assert wd.proc.returncode == 0
