@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench bench-quick clean
+.PHONY: demo test venv bench bench-quick clean bytecode
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,16 +14,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+# compiled once here: every rank and watchdog a run starts would otherwise compile the package anew
+# (editable install; PYTHONDONTWRITEBYTECODE may be set)
+bytecode: $(STAMP)
+	$(BIN)/python -m compileall -q hpc_edge control_tower launchers
+
+demo: $(STAMP) bytecode
 	$(BIN)/hpc-edge run examples/hello.yaml --ranks 2 --fresh
 
-test: $(STAMP)
+test: $(STAMP) bytecode
 	$(BIN)/python -m pytest -ra
 
-bench: $(STAMP)
+bench: $(STAMP) bytecode
 	$(BIN)/python bench/run.py
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) bytecode
 	$(BIN)/python bench/run.py --quick
 
 clean:

@@ -4,6 +4,10 @@ Ready jobs wait in one FIFO per task; tasks are visited by priority, and among e
 widest jobs first (they are the hardest to place late: small jobs then fill the gaps they leave). A request takes jobs until the
 cores it asked for are covered, skipping tasks whose jobs need more cores, memory or walltime than
 the worker can give. Cost: the number of tasks plus the number of jobs handed out.
+
+A task's queue holds runs of consecutive job ids, ``[first, stop)``, not one entry per job: a task's
+jobs are stored with consecutive ids, so a million ready jobs are a handful of runs. That keeps the
+tower small and keeps its full garbage collections short (a deque of a million ints is walked by each).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class Dispatcher:
     def __init__(self, walltime_margin_s: float = 60.0):
         self.walltime_margin_s = walltime_margin_s
         self.tasks: dict[int, TaskSlot] = {}
-        self.ready: dict[int, deque[int]] = {}
+        self.ready: dict[int, deque[tuple[int, int]]] = {}  # task id -> runs [first, stop) of ready job ids
         self._order: list[tuple[int, int, int]] = []  # (-priority, -cores, task_id), sorted
         self._withdrawn: set[int] = set()
         self._live: dict[int, int] = {}  # task id -> ready jobs not withdrawn
@@ -44,16 +48,37 @@ class Dispatcher:
     def push(self, task_id: int, job_id: int, front: bool = False) -> None:
         """Make a job ready; a job coming back (retry, preemption) goes to the front of its task."""
         self._withdrawn.discard(job_id)
-        (self.ready[task_id].appendleft if front else self.ready[task_id].append)(job_id)
+        queue = self.ready[task_id]
+        if front:
+            if queue and queue[0][0] == job_id + 1:
+                queue[0] = (job_id, queue[0][1])
+            else:
+                queue.appendleft((job_id, job_id + 1))
+        elif queue and queue[-1][1] == job_id:
+            queue[-1] = (queue[-1][0], job_id + 1)
+        else:
+            queue.append((job_id, job_id + 1))
         self._count += 1
         self._live[task_id] += 1
 
     def extend(self, task_id: int, job_ids) -> None:
         queue = self.ready[task_id]
-        before = len(queue)
-        queue.extend(job_ids)
-        self._count += len(queue) - before
-        self._live[task_id] += len(queue) - before
+        n = 0
+        first = stop = None
+        if queue:
+            first, stop = queue.pop()
+        for job_id in job_ids:
+            n += 1
+            if job_id == stop:
+                stop += 1
+                continue
+            if first is not None:
+                queue.append((first, stop))
+            first, stop = job_id, job_id + 1
+        if first is not None:
+            queue.append((first, stop))
+        self._count += n
+        self._live[task_id] += n
 
     def withdraw(self, task_id: int, job_id: int) -> None:
         """Take a ready job out (killed before it ran); removed lazily when reached."""
@@ -78,15 +103,31 @@ class Dispatcher:
                 continue
             if remaining_s is not None and slot.walltime_s + self.walltime_margin_s > remaining_s:
                 continue
+            withdrawn = self._withdrawn
+            per_job = slot.cores
+            n = 0
             while queue and budget > 0:
-                job_id = queue.popleft()
-                if job_id in self._withdrawn:
-                    self._withdrawn.discard(job_id)
-                    continue
-                taken.append((task_id, job_id))
-                self._count -= 1
-                self._live[task_id] -= 1
-                budget -= slot.cores
+                first, stop = queue[0]
+                want = -(-budget // per_job)  # jobs that cover the budget
+                end = min(stop, first + want)
+                if end == stop:
+                    queue.popleft()
+                else:
+                    queue[0] = (end, stop)
+                if withdrawn:
+                    for job_id in range(first, end):
+                        if job_id in withdrawn:
+                            withdrawn.discard(job_id)
+                            continue
+                        taken.append((task_id, job_id))
+                        n += 1
+                        budget -= per_job
+                else:
+                    taken.extend((task_id, job_id) for job_id in range(first, end))
+                    n += end - first
+                    budget -= (end - first) * per_job
+            self._count -= n
+            self._live[task_id] -= n
         return taken
 
     def ready_cores(self) -> int:

@@ -11,21 +11,23 @@ import heapq
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from hpc_edge import protocol as p
 from hpc_edge.errors import ErrorCode
 
 from .dispatcher import Dispatcher
 from .store import TERMINAL, Store
-from .workload import TaskSpec, render_command
+from .workload import _PLACEHOLDER, TaskSpec, render_command
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Inflight:
+class Inflight(NamedTuple):
+    """A job out on a worker. A tuple of plain values, so the garbage collector stops tracking it: a
+    tower with many jobs out does not pay for them in every full collection."""
+
     task_id: int
     worker_id: str
     dispatch: int
@@ -49,6 +51,7 @@ class JobBook:
         self.by_worker: dict[str, set[int]] = {}
         self.stale_events = 0
         self.backoff: list[tuple[float, int, int]] = []  # (ready at, job, task): retries waiting out a back-off
+        self._consts: dict[int, tuple] = {}  # task id -> what its jobs' specs share (see _dispatch_consts)
 
     # ---- loading ------------------------------------------------------------------------------
     def load(self) -> None:
@@ -77,6 +80,7 @@ class JobBook:
 
     def _register_task(self, task_id: int, name: str, spec: TaskSpec) -> None:
         self.tasks[task_id] = (name, spec)
+        self._consts.pop(task_id, None)
         self.counts.setdefault(task_id, Counter())
         if spec.event_service:
             return
@@ -114,22 +118,52 @@ class JobBook:
         rows = self.store.jobs_for_dispatch([job_id for _, job_id in taken])
         now = time.time()
         specs, sent = [], []
+        inflight = self.inflight
+        held = self.by_worker.setdefault(worker_id, set())
+        per_task: dict[int, int] = {}
+        consts = None
+        const_task = 0
+        JobSpec = p.JobSpec
         for task_id, job_id in taken:
+            if task_id != const_task:
+                consts = self._dispatch_consts(task_id)
+                const_task = task_id
+            prefix, name, task, command, fixed = consts
             _, idx, inputs, attempt, dispatch = rows[job_id]
-            name, task = self.tasks[task_id]
             dispatch += 1
-            workdir = self.jobs_dir / name / str(job_id) / f"try{dispatch}"
-            specs.append(p.JobSpec(
-                job_id=job_id, task_id=task_id, attempt=attempt, dispatch=dispatch,
-                command=render_command(task.command, index=idx, inputs=inputs, job_id=job_id,
-                                       attempt=attempt, task=name, workload_dir=task.workload_dir),
-                cores=task.cores, memory_mb=task.memory_mb, walltime_s=task.walltime,
-                workdir=str(workdir), env=task.env, outputs=task.outputs, limits=self.limits(task)))
-            sent.append((dispatch, worker_id, str(workdir), now, job_id))
-            self._hold(job_id, Inflight(task_id, worker_id, dispatch, attempt))
-            self._move(task_id, "activated", "sent")
+            workdir = f"{prefix}{job_id}/try{dispatch}"
+            if command is None:
+                cmd = render_command(task.command, index=idx, inputs=inputs, job_id=job_id, attempt=attempt,
+                                     task=name, workload_dir=task.workload_dir)
+            else:
+                cmd = command
+            # validated (pydantic-core validation is cheaper than model_construct here); the per-task
+            # parts (limits, env, outputs) are built once per task and passed through as they are
+            specs.append(JobSpec(job_id=job_id, task_id=task_id, attempt=attempt, dispatch=dispatch, command=cmd,
+                                 workdir=workdir, **fixed))
+            sent.append((dispatch, worker_id, workdir, now, job_id))
+            inflight[job_id] = Inflight(task_id, worker_id, dispatch, attempt)
+            held.add(job_id)
+            per_task[task_id] = per_task.get(task_id, 0) + 1
+        for task_id, n in per_task.items():
+            counts = self.counts[task_id]
+            counts["activated"] -= n
+            counts["sent"] += n
         self.store.mark_sent(sent)
         return specs
+
+    def _dispatch_consts(self, task_id: int) -> tuple:
+        """What every job of a task shares in its JobSpec: (workdir prefix, name, spec, fixed command or None,
+        the constant fields). Built once per task."""
+        consts = self._consts.get(task_id)
+        if consts is None:
+            name, task = self.tasks[task_id]
+            # a template without placeholders renders to itself (render_command only substitutes {name})
+            command = task.command if _PLACEHOLDER.search(task.command) is None else None
+            fixed = {"cores": task.cores, "memory_mb": task.memory_mb, "walltime_s": task.walltime,
+                     "env": dict(task.env), "outputs": list(task.outputs), "limits": self.limits(task)}
+            consts = self._consts[task_id] = (f"{self.jobs_dir / name}/", name, task, command, fixed)
+        return consts
 
     @staticmethod
     def limits(task: TaskSpec) -> p.JobLimits:
@@ -150,7 +184,7 @@ class JobBook:
         if e.state == "running":
             if inf.state != "running":
                 self._move(inf.task_id, inf.state, "running")
-                inf.state = "running"
+                self.inflight[e.job_id] = Inflight(inf.task_id, worker_id, inf.dispatch, inf.attempt, "running")
                 self.store.set_job_state(e.job_id, "running", e.t, fields)
             return
         self.end_attempt(e.job_id, e.state, e.t, fields)

@@ -110,6 +110,10 @@ class Provisioner:
             self.launchers[key] = get_launcher(launcher_name, **(queue.launcher_options if queue else {}))
         return self.launchers[key]
 
+    def cheap_status(self) -> bool:
+        """Whether asking about workers costs nothing worth sparing (local processes, no batch system)."""
+        return all(q.launcher == "local" for q in self.queues)
+
     # ---- the cycle ----------------------------------------------------------------------------
     async def cycle(self) -> None:
         await self.watch()

@@ -83,11 +83,13 @@ class Service:
 
     async def start(self) -> None:
         await self.tower.start()
+        # workers of an earlier life that are gone: their jobs return; then the first workers go out
+        # before the API starts, so their start-up overlaps with ours
+        await self.provisioner.cycle()
         if self.api_bind:
             from .api import start_api
 
             self.api = await start_api(self, self.api_bind)
-        await self.provisioner.watch()  # workers of an earlier life that are gone: their jobs return
         self.write_info()
 
     def write_info(self) -> None:
@@ -123,10 +125,12 @@ class Service:
     # ---- running ------------------------------------------------------------------------------
     async def serve(self, until_done: bool, tick=None) -> None:
         """Serve until interrupted, or (until_done) until every job is final and workers have left."""
-        next_cycle = 0.0
+        next_cycle = time.monotonic() + self.provision_interval_s  # start() ran the first cycle
         while True:
             await self.tower.turn(timeout_ms=50)
             now = time.monotonic()
+            if until_done and self.tower.done() and self.provisioner.cheap_status():
+                next_cycle = now  # all done: notice the last local worker leave at once, not a cycle later
             if now >= next_cycle and not self.stop_requested:
                 await self.provisioner.cycle()
                 next_cycle = now + self.provision_interval_s

@@ -234,6 +234,9 @@ class Relay:
         ranges_due = (self.ranges_ready or probing) and want_ranges >= max(1, target_ranges // 4)
         if not (jobs_due or ranges_due):
             return
+        if probing:
+            # news first: the tower answers the probe knowing what just ended (and may say drain)
+            self.flush_updates(force=True)
         self.req += 1
         remaining = None if self.cfg.ends_at is None else self.cfg.ends_at - time.time()
         self.send(p.Request(req=self.req, cores=max(want, 0), max_job_cores=max(r.cores for r in self.ranks),
@@ -327,6 +330,8 @@ class Relay:
                     self.rank_load[rank] -= cores
                 if e.wall_s is not None:
                     self.mean_wall = running_mean(self.mean_wall, e.wall_s)
+        if not (self.held or self.buffer or self.held_ranges or self.range_buffer):
+            self.retry_at = 0.0  # idle now: ask at once (more work, or word to drain), not after retry_s
 
     def distribute_work(self) -> None:
         if not self.buffer or self.stop_reason:

@@ -30,7 +30,8 @@ class Watchdog:
         self._where: dict[int, int] = {}  # pgid -> slot
         self._free: list[int] = []
         self._grow(slots)
-        self.proc = subprocess.Popen([sys.executable, "-m", "hpc_edge.watchdog", str(self._fd)],
+        # run as a bare script in isolated mode: the standard library only, no site, no package import
+        self.proc = subprocess.Popen([sys.executable, "-I", "-S", __file__, str(self._fd)],
                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
                                      bufsize=0, cwd="/", pass_fds=(self._fd,))
 
