@@ -1,20 +1,25 @@
-"""Event-service payloads on a rank: long-lived processes fed one range at a time over a pipe.
+"""Event-service payloads on a rank: long-lived processes fed ranges over a pipe.
 
-A payload process is started for a job when the rank holds ranges of it and has the cores; it gets
-a range each time it says ``Ready for events``, and ``No more events`` when the job has none left
-(or its cores are wanted elsewhere). Finished ranges' outputs are moved to the job's output area by
-a stage-out thread, so the payload goes on with its next range meanwhile. A payload that dies fails
-only the range in flight (with its exit code or signal); the job's other ranges go to a new process.
+A payload process is started for a job when the rank holds ranges of it and has the cores; each time
+it says ``Ready for events`` it gets a list of ranges, and ``No more events`` when the job has none
+left (or its cores are wanted elsewhere). The list is one range until the payload has reported a few;
+then as many as it does in about ``BATCH_WINDOW_S`` (at most ``MAX_BATCH``), so short ranges do not
+each wait a round trip. Finished ranges' outputs are renamed into the job's output area at once (a
+stage-out thread copies them when the output area is on another filesystem). A payload that dies
+fails only the range in flight, the first one of its list it had not reported; the rest of the list
+goes back to the queue without an attempt, and to a new process.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import queue
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -27,6 +32,9 @@ from .protocol import JobSpec, RangeEvent, RangeSpec
 
 logger = logging.getLogger(__name__)
 
+BATCH_WINDOW_S = 0.02  # a list of ranges should keep a payload busy about this long ...
+MAX_BATCH = 256        # ... and hold at most this many
+
 
 class ESProcess:
     """One event-service payload process and the range it is working on."""
@@ -34,8 +42,8 @@ class ESProcess:
     def __init__(self, spec: JobSpec, workdir: Path, proc: subprocess.Popen, out):
         self.spec, self.workdir, self.proc, self.out = spec, workdir, proc, out
         self.state = "starting"  # starting | ready | busy | closing
-        self.current: RangeSpec | None = None
-        self.started_at = 0.0
+        self.inflight: dict[str, RangeSpec] = {}  # sent and not yet reported, in the order sent
+        self.started_at = 0.0  # when the range now in flight started (the list's send, or the last report)
         self.buffer = b""
         self.stop_reason: tuple[ErrorCode, str] | None = None
         self.sigterm_at: float | None = None
@@ -116,11 +124,13 @@ class EventRunner:
     def __init__(self, executor):
         self.ex = executor
         self.jobs: dict[int, JobSpec] = {}
+        self.mean_wall: dict[int, float] = {}  # job id -> mean wall time of its ranges (payload-reported)
+        self.n_reported: dict[int, int] = {}   # job id -> ranges reported on this rank
+        self._made: set[str] = set()           # output areas known to exist
         self.queues: dict[int, deque[RangeSpec]] = {}
         self.exhausted: set[int] = set()
         self.procs: dict[int, ESProcess] = {}  # pid -> process
-        self.stage_out = StageOut(executor._wake_w)
-        self.stage_out.start()
+        self._stage_out: StageOut | None = None  # started on the first copy across filesystems
         self._n = 0
 
     # ---- input --------------------------------------------------------------------------------
@@ -135,8 +145,20 @@ class EventRunner:
         self.exhausted.update(job_ids)
 
     @property
+    def stage_out(self) -> StageOut:
+        if self._stage_out is None:
+            self._stage_out = StageOut(self.ex._wake_w)
+            self._stage_out.start()
+        return self._stage_out
+
+    @property
+    def staging(self) -> int:
+        """Copies under way in the stage-out thread."""
+        return self._stage_out.pending if self._stage_out else 0
+
+    @property
     def idle(self) -> bool:
-        return not self.procs and not any(self.queues.values()) and not self.stage_out.pending
+        return not self.procs and not any(self.queues.values()) and not self.staging
 
     @property
     def queued(self) -> int:
@@ -147,7 +169,7 @@ class EventRunner:
 
     # ---- the loop's step ----------------------------------------------------------------------
     def step(self) -> list[RangeEvent]:
-        events = self.stage_out.collect()
+        events = self._stage_out.collect() if self._stage_out else []
         for proc in list(self.procs.values()):
             events += self.read(proc)
         events += self.feed()
@@ -171,24 +193,67 @@ class EventRunner:
         return events
 
     def reported(self, proc: ESProcess, report: es.Report) -> list[RangeEvent]:
-        r = proc.current
-        if r is None or report.range_id != r.range_id:
+        r = proc.inflight.pop(report.range_id, None)
+        if r is None:
             logger.warning("rank %d: payload reported range %s it was not given", self.ex.rank, report.range_id)
             return []
-        proc.current = None
+        now = time.monotonic()
+        elapsed, proc.started_at = now - proc.started_at, now
+        wall = report.wall_s if report.wall_s is not None else elapsed
+        job_id = r.job_id
+        self.n_reported[job_id] = self.n_reported.get(job_id, 0) + 1
+        mean = self.mean_wall.get(job_id)
+        self.mean_wall[job_id] = wall if mean is None else 0.9 * mean + 0.1 * wall
         if not report.ok:
-            return [self.event(r, "failed", exit_code=None, error_code=report.code, error_diag=report.message,
-                               wall_s=time.monotonic() - proc.started_at)]
-        src = Path(report.output)
-        src = src if src.is_absolute() else proc.workdir / src
-        real = Path(os.path.realpath(src))
-        if not real.is_relative_to(os.path.realpath(proc.workdir)) or not real.is_file():
-            why = "is outside the payload's directory" if real.exists() else "does not exist"
-            return [self.event(r, "failed", error_code=int(ErrorCode.OUTPUT_MISSING),
-                               error_diag=f"range output {report.output} {why}")]
-        dest = Path(proc.spec.output_dir or proc.workdir) / "ranges" / f"{r.range_id}{real.suffix}"
-        self.stage_out.submit(self.event(r, "finished", cpu_s=report.cpu_s, wall_s=report.wall_s), real, dest)
-        return []
+            return [self.event(r, "failed", error_code=report.code, error_diag=report.message[:4000],
+                               wall_s=elapsed)]
+        staged = self.stage(proc, r, report)
+        return [staged] if staged is not None else []
+
+    def stage(self, proc: ESProcess, r: RangeSpec, report: es.Report) -> RangeEvent | None:
+        """Move a finished range's output into the output area: a rename, or a copy by the thread."""
+        name = report.output
+        workdir = str(proc.workdir)
+        size = None
+        if "/" not in name and name not in ("", ".", ".."):
+            src = os.path.join(workdir, name)  # one component in the payload's own directory: no link to follow
+            try:
+                st = os.lstat(src)
+                found, inside, size = True, stat.S_ISREG(st.st_mode), st.st_size
+            except OSError:
+                found = inside = False
+        else:
+            src = os.path.realpath(name if os.path.isabs(name) else os.path.join(workdir, name))
+            found = os.path.exists(src)
+            inside = Path(src).is_relative_to(os.path.realpath(workdir)) and os.path.isfile(src)
+        if not inside:
+            why = "is outside the payload's directory" if found else "does not exist"
+            return self.event(r, "failed", error_code=int(ErrorCode.OUTPUT_MISSING),
+                              error_diag=f"range output {name[:1000]} {why}")
+        area = os.path.join(proc.spec.output_dir or workdir, "ranges")
+        dest = os.path.join(area, r.range_id + os.path.splitext(name)[1])
+        event = self.event(r, "finished", cpu_s=report.cpu_s, wall_s=report.wall_s)
+        try:
+            if area not in self._made:
+                os.makedirs(area, exist_ok=True)
+                self._made.add(area)
+            os.rename(src, dest)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:  # another filesystem: copying may take a while, off the loop
+                self.stage_out.submit(event, Path(src), Path(dest))
+                return None
+            event.state, event.error_code = "failed", int(ErrorCode.STAGEOUT_FAILED)
+            event.error_diag = f"stage-out of {src} to {dest} failed: {exc}"
+            return event
+        event.output, event.size = dest, size if size is not None else os.stat(dest).st_size
+        return event
+
+    def batch_size(self, job_id: int) -> int:
+        """Ranges to send in one list: one until a few are reported, then about BATCH_WINDOW_S of work."""
+        mean = self.mean_wall.get(job_id)
+        if mean is None or self.n_reported.get(job_id, 0) < 4:
+            return 1
+        return max(1, min(MAX_BATCH, int(BATCH_WINDOW_S / max(mean, 1e-6))))
 
     def feed(self) -> list[RangeEvent]:
         events = []
@@ -197,13 +262,16 @@ class EventRunner:
                 continue
             q = self.queues.get(proc.spec.job_id)
             if q:
-                r = q.popleft()
-                if proc.send(json.dumps([es.EventRange(r.range_id, r.first_event, r.last_event, r.lfn, r.guid,
-                                                       r.scope).to_panda()])):
-                    proc.state, proc.current, proc.started_at = "busy", r, time.monotonic()
-                    events.append(self.event(r, "running"))
+                batch = [q.popleft() for _ in range(min(len(q), self.batch_size(proc.spec.job_id)))]
+                line = json.dumps([es.EventRange(r.range_id, r.first_event, r.last_event, r.lfn, r.guid,
+                                                 r.scope).to_panda() for r in batch])
+                if proc.send(line):
+                    proc.state, proc.started_at = "busy", time.monotonic()
+                    for r in batch:
+                        proc.inflight[r.range_id] = r
+                        events.append(self.event(r, "running"))
                 else:
-                    q.appendleft(r)
+                    q.extendleft(reversed(batch))
             elif proc.spec.job_id in self.exhausted or self.cores_wanted_elsewhere(proc.spec.job_id):
                 proc.send(es.NO_MORE)
                 proc.state = "closing"
@@ -257,13 +325,19 @@ class EventRunner:
         proc.out.close()
         self.ex.free_cores += proc.spec.cores
         self.ex.free_memory_mb += proc.spec.memory_mb
-        r = proc.current
-        if r is not None:
+        if proc.inflight:
+            # the first range not reported was in flight: it fails (or is preempted); the rest of the
+            # list was never started and goes back to the queue for a new process, without an attempt
+            r, *rest = proc.inflight.values()
+            if rest and not proc.stop_reason:
+                self.queues.setdefault(r.job_id, deque()).extendleft(reversed(rest))
+                rest = []
             wall = time.monotonic() - proc.started_at
             exit_code, sig = (code, None) if code >= 0 else (None, -code)
             if proc.stop_reason:
-                events.append(self.event(r, "preempted", exit_code=exit_code, signal=sig,
-                                         error_code=int(proc.stop_reason[0]), error_diag=proc.stop_reason[1]))
+                events += [self.event(x, "preempted", exit_code=exit_code, signal=sig,
+                                      error_code=int(proc.stop_reason[0]), error_diag=proc.stop_reason[1])
+                           for x in (r, *rest)]
             else:
                 how = f"signal {sig}" if sig else f"exit code {exit_code}"
                 events.append(self.event(r, "failed", exit_code=exit_code, signal=sig, wall_s=wall,
@@ -294,8 +368,12 @@ class EventRunner:
             _killpg(pid, signal.SIGKILL)
 
     def event(self, r: RangeSpec, state: str, **kw) -> RangeEvent:
-        return RangeEvent(range_id=r.range_id, job_id=r.job_id, state=state, t=time.time(), rank=self.ex.rank,
-                          host=self.ex.host, **kw)
+        # built here from checked values (texts from the payload are cut to the wire's limits); the
+        # tower validates every event it receives
+        for key in ("output", "size", "cpu_s", "wall_s", "exit_code", "signal", "error_code", "error_diag"):
+            kw.setdefault(key, None)
+        return RangeEvent.model_construct(range_id=r.range_id, job_id=r.job_id, state=state, t=time.time(),
+                                          rank=self.ex.rank, host=self.ex.host, **kw)
 
 
 def _killpg(pid: int, sig: int) -> None:

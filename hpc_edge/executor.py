@@ -131,7 +131,7 @@ class Executor:
     @property
     def busy(self) -> bool:
         """Payload processes or stage-outs still under way."""
-        return bool(self.running or self.doubtful or self.es.procs or self.es.stage_out.pending)
+        return bool(self.running or self.doubtful or self.es.procs or self.es.staging)
 
     @property
     def load_cores(self) -> int:

@@ -3,6 +3,10 @@
 Protocol functions come in mirrored pairs named for their role (``relay_send_work`` /
 ``rank_recv``). Messages inside one MPI job are plain Python tuples of validated records: the job is
 one user's trust domain, and nothing here crosses the network to the tower.
+
+Every send is non-blocking (``isend``): the relay and a rank may send each other large messages at
+the same moment, and with blocking sends past MPI's eager limit both would wait for a receive that
+never comes. Pending sends are tested each turn and waited for (within limits) at the end.
 """
 
 from __future__ import annotations
@@ -24,29 +28,58 @@ BATCH_S = 0.01    # a rank reports to the relay at most this often ...
 BATCH_MAX = 256   # ... unless this many events wait
 
 
+class Outgoing:
+    """This process's MPI sends still under way."""
+
+    def __init__(self):
+        self.pending: list = []
+
+    def send(self, comm, message, dest: int, tag: int) -> None:
+        self.pending.append(comm.isend(message, dest=dest, tag=tag))
+        if len(self.pending) >= 32:
+            self.progress()
+
+    def progress(self) -> None:
+        if self.pending:
+            self.pending = [r for r in self.pending if not r.Test()]
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait for every pending send (the peers are still receiving); False if some never finished."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < deadline:
+            self.progress()
+            if self.pending:
+                time.sleep(0.001)
+        return not self.pending
+
+
+OUT = Outgoing()
+
+
 # ---- relay side -----------------------------------------------------------------------------
 def relay_send_work(comm, rank: int, specs: list[JobSpec]) -> None:
-    comm.send(("work", specs), dest=rank, tag=TAG_TO_RANK)
+    OUT.send(comm, ("work", specs), rank, TAG_TO_RANK)
 
 
 def relay_send_ranges(comm, rank: int, jobs: list[JobSpec], ranges: list[RangeSpec]) -> None:
-    comm.send(("ranges", jobs, ranges), dest=rank, tag=TAG_TO_RANK)
+    OUT.send(comm, ("ranges", jobs, ranges), rank, TAG_TO_RANK)
 
 
 def relay_send_exhausted(comm, rank: int, job_ids: list[int]) -> None:
-    comm.send(("exhausted", job_ids), dest=rank, tag=TAG_TO_RANK)
+    OUT.send(comm, ("exhausted", job_ids), rank, TAG_TO_RANK)
 
 
 def relay_send_kill(comm, rank: int, job_ids: list[int], reason: ErrorCode, diag: str) -> None:
-    comm.send(("kill", job_ids, int(reason), diag), dest=rank, tag=TAG_TO_RANK)
+    OUT.send(comm, ("kill", job_ids, int(reason), diag), rank, TAG_TO_RANK)
 
 
 def relay_send_stop(comm, rank: int, reason: ErrorCode, diag: str) -> None:
-    comm.send(("stop", int(reason), diag), dest=rank, tag=TAG_TO_RANK)
+    OUT.send(comm, ("stop", int(reason), diag), rank, TAG_TO_RANK)
 
 
 def relay_recv_events(comm, status) -> list[tuple[int, str, list[JobEvent]]]:
     """Everything ranks have sent: (rank, kind, events) with kind 'events' or 'stopped'."""
+    OUT.progress()
     got = []
     while comm.iprobe(tag=TAG_TO_RELAY, status=status):
         source = status.Get_source()
@@ -57,10 +90,11 @@ def relay_recv_events(comm, status) -> list[tuple[int, str, list[JobEvent]]]:
 
 # ---- rank side ------------------------------------------------------------------------------
 def rank_send_events(comm, events: list[JobEvent], kind: str = "events") -> None:
-    comm.send((kind, events), dest=0, tag=TAG_TO_RELAY)
+    OUT.send(comm, (kind, events), 0, TAG_TO_RELAY)
 
 
 def rank_recv(comm) -> list[tuple]:
+    OUT.progress()
     got = []
     while comm.iprobe(source=0, tag=TAG_TO_RANK):
         got.append(comm.recv(source=0, tag=TAG_TO_RANK))
@@ -104,6 +138,8 @@ def rank_loop(comm, executor: Executor) -> None:
             outbox = []
         if stopping and not executor.busy:
             rank_send_events(comm, [], kind="stopped")
+            if not OUT.drain(60.0):
+                log.warning("rank stopping with %d reports the relay never received", len(OUT.pending))
             log.debug("rank stopped")
             return
         if not events:

@@ -21,7 +21,7 @@ from .errors import ErrorCode, ProtocolError
 from .executor import Executor
 from .links import FileLink, ZmqLink
 from .outbox import Outbox
-from .rank import (relay_recv_events, relay_send_exhausted, relay_send_kill, relay_send_ranges, relay_send_stop,
+from .rank import (OUT, relay_recv_events, relay_send_exhausted, relay_send_kill, relay_send_ranges, relay_send_stop,
                    relay_send_work)
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ class Relay:
                 self.check_drained()
         finally:
             self.local.hard_kill_all()
+            OUT.drain(2.0)  # ranks have stopped: what they were sent is theirs, or moot
             self.link.close()
             self.unacked.close()
 
@@ -254,7 +255,7 @@ class Relay:
 
     def range_depth(self) -> int:
         """Ranges per core a rank holds: enough to cover the horizon, few when ranges are long."""
-        return max(1, prefetch_depth(self.mean_range_wall, self.cfg.prefetch_horizon_s, 16))
+        return max(1, prefetch_depth(self.mean_range_wall, self.cfg.prefetch_horizon_s, 1024))
 
     def target_ranges(self) -> int:
         return sum(r.cores for r in self.ranks) * (1 + self.range_depth())

@@ -121,3 +121,50 @@ tasks:
         expected = [n for n in range(200) if not 50 <= n <= 59]
         assert list(f["event_number"][:]) == expected
         assert f.attrs["n_events"] == 190
+
+
+def test_many_short_ranges_go_in_lists_and_each_finishes_once(tmp_path):
+    """20,000 one-event ranges of a payload that does almost nothing: the ranks hand out lists of
+    ranges (the payload logs each list it gets), large messages cross MPI both ways at once, and
+    every range ends in the archive exactly once."""
+    import tarfile
+
+    payload = tmp_path / "quick.py"
+    payload.write_text(f"""
+import json, sys
+log = open({str(tmp_path / 'lists.log')!r} + "." + str(__import__("os").getpid()), "w")
+while True:
+    print("Ready for events", flush=True)
+    line = sys.stdin.readline()
+    if not line or line.strip() == "No more events":
+        break
+    ranges = json.loads(line)
+    log.write(f"{{len(ranges)}}\\n")
+    for r in ranges:
+        name = r["eventRangeID"] + ".out"
+        open(name, "w").close()
+        print(f"{{name}},ID:{{r['eventRangeID']}},CPU:0,WALL:0.00001", flush=True)
+""")
+    workload = write_workload(tmp_path, f"""
+name: quick
+tasks:
+  - name: quick
+    event_service: true
+    command: python {payload}
+    events: 20000
+    events_per_range: 1
+    events_per_job: 10000
+    max_attempts: 1
+""")
+    data = tmp_path / "run"
+    code, summary = run_json("run", workload, "--ranks", "2", "--data-dir", data)
+    assert code == 0, summary
+    assert query(data, "SELECT state, count(*), count(DISTINCT first_event), max(attempt) FROM ranges GROUP BY state") == \
+        [("finished", 20000, 20000, 1)]
+    sizes = [int(n) for log in tmp_path.glob("lists.log.*") for n in log.read_text().split()]
+    assert sum(sizes) == 20000 and max(sizes) > 1, "short ranges should be handed out several at a time"
+    names = set()
+    for job_id in (1, 2):
+        with tarfile.open(data / "outputs" / "quick" / str(job_id) / f"quick.{job_id}.tgz") as tar:
+            names.update(tar.getnames())
+    assert len(names) == 20000
