@@ -47,7 +47,13 @@ class Dispatcher:
 
     def push(self, task_id: int, job_id: int, front: bool = False) -> None:
         """Make a job ready; a job coming back (retry, preemption) goes to the front of its task."""
-        self._withdrawn.discard(job_id)
+        if job_id in self._withdrawn:
+            # withdrawn while ready, and its entry is still queued (withdrawal is lazy): revive that
+            # entry rather than queue the job a second time, which would hand it out twice
+            self._withdrawn.discard(job_id)
+            self._count += 1
+            self._live[task_id] += 1
+            return
         queue = self.ready[task_id]
         if front:
             if queue and queue[0][0] == job_id + 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Iterable
@@ -56,6 +57,12 @@ CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
 """
 
 TERMINAL = ("finished", "failed", "cancelled")
+_ENDED = frozenset(("done", "failed", "cancelled", "lost"))  # worker states that are not live
+
+
+def _submitted_key(row: dict) -> float:
+    submitted = row["submitted"]
+    return float("-inf") if submitted is None else submitted
 JOB_FIELDS = ("worker_id", "rank", "host", "pid", "exit_code", "signal", "error_code", "error_diag",
               "cpu_s", "wall_s", "max_rss_kb", "start_time", "end_time")
 
@@ -70,6 +77,12 @@ class Store:
         self.synchronous = synchronous
         self.db: sqlite3.Connection | None = None
         self._pending = 0
+        self.before_commit: list = []  # callables that put what their owners hold back into the transaction
+        self._checkpointer: threading.Thread | None = None
+        self._checkpointer_stop = threading.Event()
+        self.checkpointed = threading.Event()  # set after each background checkpoint (see start_checkpointer)
+        self._workers: dict[str, dict] | None = None  # the workers table, as SELECT * reads it (see workers)
+        self._workers_stale: set[str] = set()         # its rows to read again before they are used
 
     def open(self) -> "Store":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,12 +98,54 @@ class Store:
         return self
 
     def close(self) -> None:
+        self.stop_checkpointer()
         if self.db is not None:
-            self.db.commit()
+            self.commit()
             self.db.close()
             self.db = None
 
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def start_checkpointer(self, every_s: float = 0.5) -> None:
+        """Checkpoint the WAL from a thread of its own instead of in a commit.
+
+        By default SQLite checkpoints in the commit that takes the WAL past 1,000 pages: that commit then
+        copies them into the database file and syncs it, tens of milliseconds in which the tower answers
+        no one. Here the tower's connection never checkpoints; a second connection does PASSIVE
+        checkpoints (they never block the writer) every ``every_s`` seconds. Durability is unchanged:
+        a commit is durable once in the WAL, and a checkpoint is SQLite's own, crash-safe, copy."""
+        if self._checkpointer is not None:
+            return
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer_stop.clear()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, args=(every_s,),
+                                              name="store-checkpointer", daemon=True)
+        self._checkpointer.start()
+
+    def stop_checkpointer(self) -> None:
+        if self._checkpointer is None:
+            return
+        self._checkpointer_stop.set()
+        self._checkpointer.join()
+        self._checkpointer = None
+        if self.db is not None:
+            self.db.execute("PRAGMA wal_autocheckpoint=1000")  # SQLite's default, back in the commits
+
+    def _checkpoint_loop(self, every_s: float) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            while not self._checkpointer_stop.wait(every_s):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    logger.warning("background checkpoint of %s failed: %s", self.path, exc)
+                self.checkpointed.set()
+        finally:
+            db.close()
+
     def commit(self) -> None:
+        for write in self.before_commit:
+            write()
         self.db.commit()
 
     # ---- tasks and jobs -------------------------------------------------------------------------
@@ -245,6 +300,7 @@ class Store:
             "INSERT INTO workers (worker_id, launcher, queue, state, nodes, ranks, cores, walltime_s,"
             " submitted) VALUES (?,?,?,?,?,?,?,?,?)",
             (worker_id, launcher, queue, "submitted", nodes, ranks, cores, walltime_s, time.time()))
+        self._workers_stale.add(worker_id)
         self.log("worker", worker_id=worker_id, detail="submitted")
 
     def workers_has(self, worker_id: str) -> bool:
@@ -255,14 +311,58 @@ class Store:
             fields["info"] = json.dumps(fields["info"])
         sets = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE workers SET {sets} WHERE worker_id=?", (*fields.values(), worker_id))
+        self._workers_stale.add(worker_id)
         if "state" in fields:
             self.log("worker", worker_id=worker_id, detail=fields["state"])
 
+    def set_worker_seqs(self, rows: list[tuple]) -> None:
+        """rows: (last_seq, last_seen, applied_above, worker_id): the updates applied from each worker."""
+        self.db.executemany("UPDATE workers SET last_seq=?, last_seen=?, applied_above=? WHERE worker_id=?", rows)
+        if self._workers is None:
+            return
+        for last_seq, last_seen, applied_above, worker_id in rows:
+            row = self._workers.get(worker_id)
+            # the values as SQLite gives them back (INTEGER, REAL, TEXT columns); anything else: read again
+            if row is None or type(last_seq) is not int or type(last_seen) is not float \
+                    or type(applied_above) is not str:
+                self._workers_stale.add(worker_id)
+            else:
+                row["last_seq"], row["last_seen"], row["applied_above"] = last_seq, last_seen, applied_above
+
     def workers(self, live_only: bool = False) -> list[dict]:
-        clause = "WHERE state NOT IN ('done','failed','cancelled','lost')" if live_only else ""
-        cur = self.db.execute(f"SELECT * FROM workers {clause} ORDER BY submitted")
-        names = [c[0] for c in cur.description]
-        return [dict(zip(names, row)) for row in cur]
+        """Every worker (or the live ones), by submission time, as fresh dicts.
+
+        Read from a copy of the table kept in memory: the provisioner asks for the live workers twice a
+        cycle, and with thousands of relays a SELECT of them all stalls the tower for tens of
+        milliseconds. Every write to the table goes through this class, which keeps the copy exact: rows
+        it wrote are read again (by key) before the next use, or patched with what SQLite stores."""
+        rows = self._worker_rows()
+        out = [dict(row) for row in rows.values() if not live_only or row["state"] not in _ENDED]
+        # NULLs first, as in SQL; a float key, not a tuple: 10,000 tuples alive through the sort are
+        # enough to set off a full garbage collection, tens of milliseconds with thousands of relays
+        out.sort(key=_submitted_key)
+        return out
+
+    def _worker_rows(self) -> dict[str, dict]:
+        if self._workers is None:
+            cur = self.db.execute("SELECT * FROM workers ORDER BY rowid")
+            names = [c[0] for c in cur.description]
+            self._workers = {row[0]: dict(zip(names, row)) for row in cur}
+            self._workers_stale.clear()
+        elif self._workers_stale:
+            stale, self._workers_stale = list(self._workers_stale), set()
+            gone = set(stale)
+            for i in range(0, len(stale), 900):
+                part = stale[i:i + 900]
+                cur = self.db.execute(f"SELECT * FROM workers WHERE worker_id IN ({','.join('?' * len(part))})"
+                                      " ORDER BY rowid", part)
+                names = [c[0] for c in cur.description]
+                for row in cur:
+                    self._workers[row[0]] = dict(zip(names, row))  # in place; a new row goes last
+                    gone.discard(row[0])
+            for worker_id in gone:
+                self._workers.pop(worker_id, None)
+        return self._workers
 
     # ---- log ----------------------------------------------------------------------------------
     def log(self, kind: str, job_id: int | None = None, worker_id: str | None = None,

@@ -75,6 +75,10 @@ class Tower:
         self.on_worker_gone = []  # callbacks(worker_id) after a worker said bye or was lost
         self._auth = None
         self._outbox: list[tuple[bytes, bytes]] = []
+        self._raw = None                              # the ROUTER without asyncio's futures, for NOBLOCK calls
+        self._seqs: dict[str, LiveWorker] = {}        # workers whose applied updates are not yet in the store
+        self._next_expiry = 0.0
+        store.before_commit.append(self.write_seqs)  # whoever commits, the applied updates go with it
         self.started = time.time()
         self.stats = Counter()
 
@@ -91,6 +95,7 @@ class Tower:
             self.workers[row["worker_id"]] = live
 
     async def start(self) -> None:
+        self.store.start_checkpointer()  # WAL checkpoints off the loop: no commit stalls on one
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
@@ -108,6 +113,9 @@ class Tower:
         self._monitor = self.sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self.monitor = zmq.Socket.shadow(self._monitor.underlying)  # read without awaiting
+        # non-blocking reads and writes go through a plain shadow of the socket: the asyncio socket
+        # wraps each call in futures and callbacks, a cost per message; waiting stays with asyncio
+        self._raw = zmq.Socket.shadow(self.sock.underlying)
 
     def _start_auth(self) -> None:
         from zmq.auth.asyncio import AsyncioAuthenticator
@@ -127,6 +135,7 @@ class Tower:
         return self.cfg.advertise or self.address
 
     def close(self) -> None:
+        self.store.stop_checkpointer()
         if self.sock is not None:
             self.sock.disable_monitor()
             self._monitor.close()
@@ -141,7 +150,7 @@ class Tower:
         if await self.sock.poll(timeout_ms, zmq.POLLIN):
             for _ in range(5000):
                 try:
-                    identity, data = await self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                    identity, data = self._raw.recv_multipart(zmq.NOBLOCK, copy=True)
                 except zmq.Again:
                     break
                 except ValueError:
@@ -149,7 +158,10 @@ class Tower:
                     continue
                 self.handle_message(identity, data)
         self.count_refused_connections()
-        self.expire_lost_workers()
+        now = time.monotonic()
+        if now >= self._next_expiry:  # a scan of every worker: not on each turn of a busy loop
+            self._next_expiry = now + min(1.0, self.cfg.lost_after_s / 10)
+            self.expire_lost_workers()
         self.book.release_backoffs()
         self.run_merges()
         self.flush()
@@ -172,7 +184,7 @@ class Tower:
     def flush(self) -> None:
         """Commit, then send what waits for the commit."""
         self.ranges.flush()
-        self.store.commit()
+        self.store.commit()  # writes the workers' applied updates first (write_seqs)
         outbox, self._outbox = self._outbox, []
         for identity, data in outbox:
             worker_id = identity.decode(errors="replace")
@@ -180,7 +192,7 @@ class Tower:
                 if self.messenger.knows(worker_id):
                     self.messenger.send(worker_id, data)
                 else:
-                    self.sock.send_multipart([identity, data], zmq.NOBLOCK)
+                    (self._raw or self.sock).send_multipart([identity, data], zmq.NOBLOCK)
             except (zmq.ZMQError, OSError) as exc:
                 logger.warning("reply to %r not sent: %s", identity[:64], exc)
 
@@ -276,9 +288,17 @@ class Tower:
             while live.last_seq + 1 in live.applied_above:
                 live.last_seq += 1
                 live.applied_above.discard(live.last_seq)
-            self.store.update_worker(live.worker_id, last_seq=live.last_seq, last_seen=time.time(),
-                                     applied_above=json.dumps(sorted(live.applied_above)))
+            self._seqs[live.worker_id] = live  # written once per turn, before the commit (write_seqs)
         self.reply(identity, p.Ack(seq=m.seq, commands=self.take_commands(live)))
+
+    def write_seqs(self) -> None:
+        """Put the workers' applied updates (last_seq, applied_above) into the open transaction: once per
+        worker and turn, however many of its updates the turn applied."""
+        if self._seqs:
+            now = time.time()
+            self.store.set_worker_seqs([(live.last_seq, now, json.dumps(sorted(live.applied_above)), worker_id)
+                                        for worker_id, live in self._seqs.items()])
+            self._seqs.clear()
 
     def handle_heartbeat(self, identity: bytes, m: p.Heartbeat) -> None:
         live = self.seen(identity)
@@ -296,6 +316,10 @@ class Tower:
         return live
 
     def take_commands(self, live: LiveWorker) -> list:
+        if not live.commands:
+            # keep the worker's own (empty) list: a new one per message outlives the collector's young
+            # generations, and thousands of relays' worth of them set off a full collection every few seconds
+            return []
         commands, live.commands = live.commands, []
         return commands
 

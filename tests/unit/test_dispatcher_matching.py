@@ -236,3 +236,13 @@ def test_fits_any_false_when_the_only_fitting_job_was_withdrawn():
 
     assert len(d) == 1
     assert not d.fits_any(max_job_cores=1, max_job_memory_mb=0)
+
+
+def test_a_job_withdrawn_then_made_ready_again_is_handed_out_once():
+    d = dispatcher_with((1, 0, 1, 0, 600, [1, 2, 3]))
+    d.withdraw(1, 2)      # killed while ready
+    d.push(1, 2, front=True)  # retried by hand before the dispatcher reached its old entry
+
+    assert len(d) == 3
+    assert jobs(d.take(cores=10, max_job_cores=1, max_job_memory_mb=0)) == [1, 2, 3]
+    assert len(d) == 0

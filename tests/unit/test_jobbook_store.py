@@ -437,7 +437,8 @@ operations = st.lists(st.one_of(
 def check_invariants(t: Tower) -> None:
     t.check_counts()
     out = {j: (s, w) for j, _, s, w in t.store.job_states() if s in ("sent", "running")}
-    assert {j: (inf.state, inf.worker_id) for j, inf in t.book.inflight.items()} == out
+    # inflight: job -> (task_id, worker_id, dispatch, attempt, state)
+    assert {j: (state, worker) for j, (_, worker, _, _, state) in t.book.inflight.items()} == out
     for row in t.store.jobs(limit=100):
         ended = len(t.store.attempts(row["job_id"]))
         assert row["dispatch"] == ended + (1 if row["job_id"] in out else 0)
@@ -459,12 +460,13 @@ def test_counts_agree_with_the_store_after_any_sequence(ops):
                 t.dispatch(op[1], cores=op[2])
             elif op[0] == "event" and t.book.inflight:
                 job_id = sorted(t.book.inflight)[op[1] % len(t.book.inflight)]
-                inf = t.book.inflight[job_id]
-                t.book.apply(inf.worker_id, event(job_id, inf.dispatch, op[2], t=clock, error_code=op[3]))
+                _, worker, dispatch, _, _ = t.book.inflight[job_id]
+                t.book.apply(worker, event(job_id, dispatch, op[2], t=clock, error_code=op[3]))
             elif op[0] == "stale" and t.book.inflight:
                 job_id = sorted(t.book.inflight)[op[1] % len(t.book.inflight)]
                 inf = t.book.inflight[job_id]
-                t.book.apply(inf.worker_id, event(job_id, inf.dispatch + 1, op[2], t=clock))
+                _, worker, dispatch, _, _ = inf
+                t.book.apply(worker, event(job_id, dispatch + 1, op[2], t=clock))
                 assert t.book.inflight[job_id] is inf
             elif op[0] == "release":
                 t.book.release_worker(op[1], ErrorCode.LOST_WORKER, "lost")
