@@ -22,6 +22,8 @@ from .workload import parse_duration
 
 logger = logging.getLogger(__name__)
 
+QUICK_FAILURE_S = 60.0  # a worker failing this soon after its hello counts as a failed start
+
 
 class QueueConfig(BaseModel):
     """One kind of worker the tower may submit (a partition/queue of the site)."""
@@ -43,7 +45,8 @@ class QueueConfig(BaseModel):
     max_queued: int = Field(default=1, ge=0)
     start_timeout_s: float = Field(default=600.0, gt=0,
                                    description="a worker running this long without reaching the tower is cancelled")
-    max_failed_starts: int = Field(default=3, ge=1, description="give up after this many workers in a row die before saying hello")
+    max_failed_starts: int = Field(default=3, ge=1, description="give up after this many workers in a row die "
+                                   "before saying hello, or fail within a minute of it")
     account: str | None = None
     partition: str | None = None
     qos: str | None = None
@@ -155,14 +158,19 @@ class Provisioner:
                 final = "lost"
             self.tower.worker_ended(worker_id, final, f"batch job {row['batch_id']} is {state.value}")
             queue = row["queue"] or ""
-            if never_started and (final != "cancelled" or worker_id in self.timed_out):
+            # a worker that fails soon after its hello (a relay crashing at start, a broken node image)
+            # counts like one that never said hello: otherwise a crash loop would submit forever
+            crashed = final == "failed" and not never_started and time.time() - row["started"] < QUICK_FAILURE_S
+            if (never_started and (final != "cancelled" or worker_id in self.timed_out)) or crashed:
                 self.failed_starts[queue] = self.failed_starts.get(queue, 0) + 1
                 log = self.data_dir / "workers" / worker_id / f"{worker_id}.err"
-                logger.error("worker %s ended before it reached the tower; see %s", worker_id, log)
+                how = "failed soon after it reached the tower" if crashed else "ended before it reached the tower"
+                logger.error("worker %s %s; see %s", worker_id, how, log)
                 limit = next((q.max_failed_starts for q in self.queues if q.name == queue), 3)
                 if self.failed_starts[queue] >= limit:
                     self.error = (f"{self.failed_starts[queue]} workers of queue {queue!r} in a row died before "
-                                  f"reaching the tower; last one's errors: {log}")
+                                  f"reaching the tower or within {QUICK_FAILURE_S:.0f} s of it; last one's "
+                                  f"errors: {log}")
                     self.enabled = False
             elif not never_started:
                 self.failed_starts[queue] = 0

@@ -78,3 +78,30 @@ def test_worker_that_never_reaches_the_tower_is_cancelled(tmp_path):
     asyncio.run(prov.cycle())
     assert prov.failed_starts["q"] == 2
     assert prov.enabled is False and "died before reaching the tower" in prov.error
+
+
+def test_workers_crashing_soon_after_their_hello_make_the_queue_give_up(tmp_path):
+    import time
+
+    tower, prov, fake = setup(tmp_path, max_failed_starts=2, max_running=1)
+
+    def hello_then_crash(age_s: float) -> None:
+        (batch_id,) = [b for b, s in fake.jobs.items() if s is BatchState.RUNNING]
+        row = next(w for w in tower.store.workers(live_only=True) if w["batch_id"] == batch_id)
+        tower.store.update_worker(row["worker_id"], state="running", started=time.time() - age_s)
+        fake.jobs[batch_id] = BatchState.FAILED
+
+    asyncio.run(prov.cycle())
+    hello_then_crash(age_s=3600)   # failed after an hour of work: not a start problem
+    asyncio.run(prov.cycle())
+    assert prov.failed_starts["q"] == 0 and prov.enabled
+    hello_then_crash(age_s=1)      # a relay that crashes right after its hello ...
+    asyncio.run(prov.cycle())
+    assert prov.failed_starts["q"] == 1 and prov.enabled
+    hello_then_crash(age_s=1)      # ... again: the queue gives up instead of submitting forever
+    asyncio.run(prov.cycle())
+    assert prov.failed_starts["q"] == 2
+    assert prov.enabled is False and "within 60 s" in prov.error
+    submitted = len(fake.jobs)
+    asyncio.run(prov.cycle())
+    assert len(fake.jobs) == submitted
