@@ -255,7 +255,7 @@ class Executor:
         if run.stop_reason is not None:
             return self._event(spec, _stop_state(run.stop_reason), end, exit_code=exit_code, signal=sig,
                                error_code=run.stop_reason, error_diag=run.stop_diag, **measures)
-        report, refused = read_job_report(Path(spec.workdir))
+        report, refused = read_job_report(spec.workdir)
         if refused:
             logger.warning("rank %d: job %d: %s", self.rank, spec.job_id, refused)
         if report is not None:
@@ -271,7 +271,7 @@ class Executor:
         if exit_code != 0:
             return self._event(spec, "failed", end, exit_code=exit_code, error_code=ErrorCode.NONZERO_EXIT,
                                error_diag=f"exited with code {exit_code}", **measures)
-        files, problem = check_outputs(Path(spec.workdir), spec.outputs)
+        files, problem = check_outputs(spec.workdir, spec.outputs) if spec.outputs else ([], None)
         if problem is not None:
             code_, diag = problem
             return self._event(spec, "failed", end, exit_code=0, error_code=code_, error_diag=diag,
@@ -339,11 +339,11 @@ def make_workdir(path: str, first: bool = False) -> None:
         pass
 
 
-def check_outputs(workdir: Path, outputs: list[str]) -> tuple[list[FileInfo], tuple[ErrorCode, str] | None]:
+def check_outputs(workdir: str | Path, outputs: list[str]) -> tuple[list[FileInfo], tuple[ErrorCode, str] | None]:
     """Sizes of the expected outputs, and the first problem with them (missing or empty)."""
     files: list[FileInfo] = []
     for name in outputs:
-        path = workdir / name
+        path = Path(workdir) / name
         try:
             size = path.stat().st_size
         except OSError:

@@ -87,13 +87,13 @@ def check(run, now: float) -> tuple[ErrorCode, str] | None:
     return None
 
 
-def read_job_report(workdir: Path) -> tuple[dict | None, str | None]:
+def read_job_report(workdir: str | Path) -> tuple[dict | None, str | None]:
     """A payload's jobReport.json (exitCode and exitMsg compulsory), or why it was refused."""
-    path = workdir / REPORT_NAME
-    try:
-        size = path.stat().st_size
+    try:  # one stat, no Path objects: this runs for every payload that ends
+        size = os.stat(os.path.join(workdir, REPORT_NAME)).st_size
     except OSError:
         return None, None
+    path = Path(workdir) / REPORT_NAME
     if size > MAX_REPORT_BYTES:
         return None, f"{REPORT_NAME} of {size} bytes is over the {MAX_REPORT_BYTES}-byte limit; ignored"
     try:
