@@ -269,7 +269,9 @@ class EventRunner:
                     proc.state, proc.started_at = "busy", time.monotonic()
                     for r in batch:
                         proc.inflight[r.range_id] = r
-                        events.append(self.event(r, "running"))
+                    # the first of the list runs now; the others wait in the payload's pipe (still
+                    # "assigned" to this worker) and are reported when they end
+                    events.append(self.event(batch[0], "running"))
                 else:
                     q.extendleft(reversed(batch))
             elif proc.spec.job_id in self.exhausted or self.cores_wanted_elsewhere(proc.spec.job_id):
