@@ -86,7 +86,21 @@ def run_once(ctx: Context, jobs: dict[int, list[float]], order: list[int], tag: 
         raise BenchError(f"{sum(r[4] == 'finished' for r in rows)} of {n} jobs finished: {summary['states']}")
     busy = sum(c * wall for c, _, _, wall, _ in rows)
     makespan = max(r[2] for r in rows) - min(r[1] for r in rows)
-    return {"busy": busy, "makespan": makespan, "wall": got.wall_s, "elapsed": summary["elapsed_s"]}
+    return {"busy": busy, "makespan": makespan, "wall": got.wall_s, "elapsed": summary["elapsed_s"],
+            "tail_idle": tail_idle(rows, RANKS * CORES_PER_RANK)}
+
+
+def tail_idle(rows: list[tuple[int, float, float, float, str]], slots: int) -> float:
+    """Idle core-seconds after the last job started: the tail, which only knowing job lengths in
+    advance could shorten (every job had started; the slots wait for the last ones to end)."""
+    last_start, end = max(r[1] for r in rows), max(r[2] for r in rows)
+    changes = sorted([(max(s, last_start), c) for c, s, e, _, _ in rows if e > last_start]
+                     + [(e, -c) for c, s, e, _, _ in rows if e > last_start])
+    busy, t, idle = 0, last_start, 0.0
+    for when, delta in changes:
+        idle += (slots - busy) * (when - t)
+        busy, t = busy + delta, when
+    return idle + (slots - busy) * (end - t)
 
 
 def run(ctx: Context) -> list[Record]:
@@ -98,7 +112,7 @@ def run(ctx: Context) -> list[Record]:
     lower = max(work / cores, longest)
     order = [1, 2, 3, 4]
     repeats = ctx.repeats(full=3, quick=1)
-    use, ratio_lb, useful_wall, details = [], [], [], []
+    use, ratio_lb, useful_wall, tail_share, details = [], [], [], [], []
     for i in range(repeats):
         ctx.log(f"allocation: repeat {i + 1}/{repeats}: {sum(map(len, jobs.values()))} sleep payloads, "
                 f"{work:.1f} core-s of work on {cores} slots (lower bound {lower:.1f} s)")
@@ -106,6 +120,7 @@ def run(ctx: Context) -> list[Record]:
         use.append(100 * got["busy"] / (cores * got["makespan"]))
         ratio_lb.append(got["makespan"] / lower)
         useful_wall.append(100 * work / (cores * got["wall"]))
+        tail_share.append(100 * got["tail_idle"] / (cores * got["makespan"] - got["busy"]))
         details.append({k: round(v, 3) for k, v in got.items()})
         ctx.log(f"  makespan {got['makespan']:.2f} s, busy {got['busy']:.1f} core-s: use {use[-1]:.2f} %, "
                 f"makespan/lower bound {ratio_lb[-1]:.3f}, command wall {got['wall']:.1f} s")
@@ -124,4 +139,7 @@ def run(ctx: Context) -> list[Record]:
         Record(NAME, "useful work / (core slots x wall-clock of the whole command)", params,
                Figure("%", useful_wall), label=label,
                notes="includes mpiexec start-up, the tower's start and the drain; no target: informational"),
+        Record(NAME, "share of the idle core-s that fall after the last job start (the tail)", params,
+               Figure("%", tail_share), label=label,
+               notes="the rest is idle while jobs still waited: packing and hand-over; no target: informational"),
     ]
