@@ -302,8 +302,8 @@ class Executor:
                 _killpg(run.pid, signal.SIGKILL)
 
     def close(self) -> None:
-        if self.watchdog:
-            self.watchdog.close()
+        # the watchdog's pipe stays open until this process exits (after MPI_Finalize): it then kills
+        # any payload group still guarded and removes MPI's shared memory if the end was not orderly
         self.spawner.close()
 
     def hard_kill_all(self) -> None:

@@ -6,6 +6,11 @@ of its own. The rank keeps the groups it guards in a table of process ids in sha
 both map: one store per payload start or end, no message, no wake-up), and holds a pipe to the
 watchdog open. When the pipe closes (the rank is gone, however it ended) the watchdog reads the table
 and SIGKILLs every group still in it, then exits.
+
+The MPI library's shared-memory segments (files in /dev/shm that MPI_Finalize removes) are named to
+the watchdog over the pipe at start, and the rank leaves the pipe open until its process exits: the
+watchdog then removes whichever of them are still there, so a killed MPI job does not leave its
+node's memory behind (after an orderly MPI_Finalize there is nothing left to remove).
 """
 
 from __future__ import annotations
@@ -60,8 +65,19 @@ class Watchdog:
     def guarded(self) -> set[int]:
         return set(self._where)
 
+    def guard_files(self, paths: list[str]) -> None:
+        """Files to remove if the rank dies without an orderly end (its MPI shared memory)."""
+        self._tell("".join(f"file {p}\n" for p in paths))
+
+    def _tell(self, text: str) -> None:
+        try:
+            self.proc.stdin.write(text.encode())
+        except (BrokenPipeError, OSError):
+            pass  # the watchdog is gone: nothing to tell
+
     def close(self) -> None:
-        """The rank's end: the watchdog kills whatever is still guarded (normally nothing), and leaves."""
+        """End the watchdog now: it kills whatever is still guarded, removes the guarded files, and
+        leaves. A rank does not call this: its pipe closes when its process exits, after MPI_Finalize."""
         try:
             self.proc.stdin.close()
             self.proc.wait(timeout=10)
@@ -82,14 +98,33 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # outlive the job's SIGTERM; leave on the pipe's end
     fd = int(argv[0])
-    while sys.stdin.buffer.read(65536):  # nothing is written: this returns b"" when the rank is gone
-        pass
+    files: set[str] = set()
+    for line in sys.stdin.buffer:  # ends when the rank is gone, however it ended
+        if line.startswith(b"file "):
+            files.add(os.fsdecode(line[5:].rstrip(b"\n")))
     for pgid in guarded_groups(fd):
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+    for path in files:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
     return 0
+
+
+def shared_memory_files(maps: str = "/proc/self/maps") -> list[str]:
+    """Files under /dev/shm this process maps shared and that still have a name (MPI's segments)."""
+    found = set()
+    with open(maps) as f:
+        for line in f:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and "s" in fields[1] and fields[5].startswith("/dev/shm/") \
+                    and not fields[5].rstrip().endswith("(deleted)"):
+                found.add(fields[5].rstrip("\n"))
+    return sorted(found)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ def main(argv: list[str]) -> int:
     cores = args.cores_per_rank or max(1, (os.cpu_count() or 1) // local_ranks)
     memory = args.memory_per_rank_mb or psutil.virtual_memory().total // local_ranks // 2**20
     executor = Executor(rank=rank, cores=cores, memory_mb=memory)
+    if executor.watchdog:
+        from .watchdog import shared_memory_files
+
+        executor.watchdog.guard_files(shared_memory_files())
     infos = comm.gather(RankInfo(rank=rank, host=socket.gethostname(), cores=cores, memory_mb=memory), root=0)
     if rank != 0:
         from .rank import rank_loop

@@ -10,6 +10,7 @@ from collections import Counter
 import psutil
 import pytest
 
+from hpc_edge.watchdog import shared_memory_files
 from tests.helpers import HPC_EDGE, jobs_by, processes_under, query, scalar, wait_for, write_workload
 
 pytestmark = [pytest.mark.mpi, pytest.mark.fault]
@@ -35,9 +36,15 @@ tasks:
         wait_for(lambda: scalar(data, "SELECT count(*) FROM jobs WHERE state='running'") == 6, 120, "6 payloads running")
         payloads = [psutil.Process(pid) for (pid,) in query(data, "SELECT pid FROM jobs")]
         (batch_id,) = query(data, "SELECT batch_id FROM workers WHERE worker_id='local-00001'")[0]
-        os.killpg(int(batch_id.split(":")[0]), signal.SIGKILL)  # mpiexec and every rank, at once
+        mpiexec = psutil.Process(int(batch_id.split(":")[0]))
+        ranks = [p for p in mpiexec.children(recursive=True) if "hpc_edge worker" in " ".join(p.cmdline())]
+        segments = {f for r in ranks for f in shared_memory_files(f"/proc/{r.pid}/maps")}
+        assert segments, "MPICH's ranks on one node share memory through /dev/shm"
+        os.killpg(mpiexec.pid, signal.SIGKILL)  # mpiexec and every rank, at once
         wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in payloads), 60,
                  "the dead ranks' payloads killed by their watchdogs")
+        wait_for(lambda: not any(os.path.exists(f) for f in segments), 60,
+                 "the killed MPI job's shared memory removed by the watchdogs")
         out, err = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:

@@ -90,3 +90,16 @@ def test_orderly_close_with_nothing_guarded():
     wd = Watchdog()
     wd.close()
     assert wd.proc.returncode == 0
+
+
+def test_watchdog_removes_guarded_files_once_the_rank_is_gone(tmp_path):
+    from hpc_edge.watchdog import shared_memory_files
+
+    segment = tmp_path / "segment-of-a-killed-rank"
+    segment.write_bytes(b"x")
+    wd = Watchdog()
+    wd.guard_files([str(segment), str(tmp_path / "already-removed-by-MPI_Finalize")])
+    wd.proc.stdin.close()  # the rank is gone
+    assert wd.proc.wait(timeout=30) == 0
+    assert not segment.exists()
+    assert all(p.startswith("/dev/shm/") for p in shared_memory_files())
