@@ -160,20 +160,17 @@ class Executor:
 
     # ---- starting -----------------------------------------------------------------------------
     def start_ready(self) -> list[JobEvent]:
+        """First fit over the local queue; what does not fit keeps its place, and the rest of the queue
+        is not touched once the cores are taken."""
         events: list[JobEvent] = []
-        if not self.queue or self.free_cores <= 0:
-            return events
-        kept: deque[JobSpec] = deque()
-        while self.queue:
+        skipped: list[JobSpec] = []
+        while self.queue and self.free_cores > 0:
             spec = self.queue.popleft()
             if spec.cores <= self.free_cores and spec.memory_mb <= self.free_memory_mb:
                 events.append(self.start(spec))
             else:
-                kept.append(spec)
-            if self.free_cores == 0:
-                break
-        kept.extend(self.queue)
-        self.queue = kept
+                skipped.append(spec)
+        self.queue.extendleft(reversed(skipped))
         return events
 
     def start(self, spec: JobSpec) -> JobEvent:
@@ -271,7 +268,7 @@ class Executor:
         if exit_code != 0:
             return self._event(spec, "failed", end, exit_code=exit_code, error_code=ErrorCode.NONZERO_EXIT,
                                error_diag=f"exited with code {exit_code}", **measures)
-        files, problem = check_outputs(spec.workdir, spec.outputs) if spec.outputs else ([], None)
+        files, problem = check_outputs(spec.workdir, spec.outputs)
         if problem is not None:
             code_, diag = problem
             return self._event(spec, "failed", end, exit_code=0, error_code=code_, error_diag=diag,
