@@ -11,15 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.run import fmt  # noqa: E402
+from bench.run import fig_text, fmt  # noqa: E402
 
 
 def figure(fig: dict) -> str:
-    if fig["status"] != "ok":
-        return fig["status"]
-    if fig["repeats"] == 1:
-        return f"{fmt(fig['median'])} {fig['unit']}"
-    return f"{fmt(fig['median'])} {fig['unit']} ({fmt(fig['min'])} - {fmt(fig['max'])}, {fig['repeats']} runs)"
+    return fig_text(fig, markdown=True)
 
 
 def table(rows: list[dict]) -> str:

@@ -152,11 +152,14 @@ def fmt(v) -> str:
     return f"{v:.3g}"
 
 
-def fig_text(fig: dict) -> str:
+def fig_text(fig: dict, markdown: bool = False) -> str:
+    """A figure as median (min-max over the repeats): terse for the terminal, spelled out for markdown."""
     if fig["status"] != "ok":
         return fig["status"]
     if fig["repeats"] == 1:
         return f"{fmt(fig['median'])} {fig['unit']}"
+    if markdown:
+        return f"{fmt(fig['median'])} {fig['unit']} ({fmt(fig['min'])} - {fmt(fig['max'])}, {fig['repeats']} runs)"
     return f"{fmt(fig['median'])} {fig['unit']} [{fmt(fig['min'])}-{fmt(fig['max'])}] x{fig['repeats']}"
 
 

@@ -20,7 +20,7 @@ from hpc_edge.errors import ErrorCode
 
 from .dispatcher import Dispatcher
 from .store import TERMINAL, Store
-from .workload import _PLACEHOLDER, TaskSpec, render_command
+from .workload import TaskSpec, has_placeholders, render_command
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +117,10 @@ class JobBook:
                     del self.by_worker[inf[1]]
         return inf
 
-    def _move(self, task_id: int, old: str, new: str) -> None:
+    def _move(self, task_id: int, old: str, new: str, n: int = 1) -> None:
         counts = self.counts[task_id]
-        counts[old] -= 1
-        counts[new] += 1
+        counts[old] -= n
+        counts[new] += n
 
     def held_by(self, worker_id: str) -> set[int]:
         return set(self.by_worker.get(worker_id, ()))
@@ -162,9 +162,7 @@ class JobBook:
             held.add(job_id)
             per_task[task_id] = per_task.get(task_id, 0) + 1
         for task_id, n in per_task.items():
-            counts = self.counts[task_id]
-            counts["activated"] -= n
-            counts["sent"] += n
+            self._move(task_id, "activated", "sent", n)
         self.store.mark_sent(sent)
         return specs
 
@@ -174,8 +172,7 @@ class JobBook:
         consts = self._consts.get(task_id)
         if consts is None:
             name, task = self.tasks[task_id]
-            # a template without placeholders renders to itself (render_command only substitutes {name})
-            command = task.command if _PLACEHOLDER.search(task.command) is None else None
+            command = None if has_placeholders(task.command) else task.command
             fixed = {"cores": task.cores, "memory_mb": task.memory_mb, "walltime_s": task.walltime,
                      "env": dict(task.env), "outputs": list(task.outputs), "limits": self.limits(task)}
             consts = self._consts[task_id] = (f"{self.jobs_dir / name}/", name, task, command, fixed)

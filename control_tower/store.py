@@ -59,12 +59,13 @@ CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
 TERMINAL = ("finished", "failed", "cancelled")
 _ENDED = frozenset(("done", "failed", "cancelled", "lost"))  # worker states that are not live
 
+JOB_FIELDS = ("worker_id", "rank", "host", "pid", "exit_code", "signal", "error_code", "error_diag",
+              "cpu_s", "wall_s", "max_rss_kb", "start_time", "end_time")
+
 
 def _submitted_key(row: dict) -> float:
     submitted = row["submitted"]
     return float("-inf") if submitted is None else submitted
-JOB_FIELDS = ("worker_id", "rank", "host", "pid", "exit_code", "signal", "error_code", "error_diag",
-              "cpu_s", "wall_s", "max_rss_kb", "start_time", "end_time")
 
 
 class StoreError(Exception):

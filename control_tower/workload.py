@@ -236,6 +236,11 @@ def expand(task: TaskSpec):
         yield JobTemplate(index, task.job_inputs(index))
 
 
+def has_placeholders(template: str) -> bool:
+    """Whether render_command would change this template (a command without one is the same for every job)."""
+    return _PLACEHOLDER.search(template) is not None
+
+
 def render_command(template: str, *, index: int, inputs: list[str] | None, job_id: int, attempt: int,
                    task: str, workload_dir: str | None = None) -> str:
     values = {"index": str(index), "inputs": " ".join(shlex.quote(i) for i in inputs or ()),

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 BATCH_WINDOW_S = 0.02  # a list of ranges should keep a payload busy about this long ...
 MAX_BATCH = 256        # ... and hold at most this many
+_UNSET = dict.fromkeys(("output", "size", "cpu_s", "wall_s", "exit_code", "signal", "error_code", "error_diag"))
 
 
 class ESProcess:
@@ -372,10 +373,8 @@ class EventRunner:
     def event(self, r: RangeSpec, state: str, **kw) -> RangeEvent:
         # built here from checked values (texts from the payload are cut to the wire's limits); the
         # tower validates every event it receives
-        for key in ("output", "size", "cpu_s", "wall_s", "exit_code", "signal", "error_code", "error_diag"):
-            kw.setdefault(key, None)
         return RangeEvent.model_construct(range_id=r.range_id, job_id=r.job_id, state=state, t=time.time(),
-                                          rank=self.ex.rank, host=self.ex.host, **kw)
+                                          rank=self.ex.rank, host=self.ex.host, **{**_UNSET, **kw})
 
 
 def _killpg(pid: int, sig: int) -> None:

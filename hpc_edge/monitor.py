@@ -89,15 +89,16 @@ def check(run, now: float) -> tuple[ErrorCode, str] | None:
 
 def read_job_report(workdir: str | Path) -> tuple[dict | None, str | None]:
     """A payload's jobReport.json (exitCode and exitMsg compulsory), or why it was refused."""
+    path = os.path.join(workdir, REPORT_NAME)
     try:  # one stat, no Path objects: this runs for every payload that ends
-        size = os.stat(os.path.join(workdir, REPORT_NAME)).st_size
+        size = os.stat(path).st_size
     except OSError:
         return None, None
-    path = Path(workdir) / REPORT_NAME
     if size > MAX_REPORT_BYTES:
         return None, f"{REPORT_NAME} of {size} bytes is over the {MAX_REPORT_BYTES}-byte limit; ignored"
     try:
-        report = json.loads(path.read_text())
+        with open(path) as f:
+            report = json.loads(f.read())
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         return None, f"{REPORT_NAME} is not valid JSON ({exc}); ignored"
     if not isinstance(report, dict) or not isinstance(report.get("exitCode"), int) \

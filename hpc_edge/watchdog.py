@@ -67,24 +67,10 @@ class Watchdog:
 
     def guard_files(self, paths: list[str]) -> None:
         """Files to remove if the rank dies without an orderly end (its MPI shared memory)."""
-        self._tell("".join(f"file {p}\n" for p in paths))
-
-    def _tell(self, text: str) -> None:
         try:
-            self.proc.stdin.write(text.encode())
+            self.proc.stdin.write("".join(f"file {p}\n" for p in paths).encode())
         except (BrokenPipeError, OSError):
             pass  # the watchdog is gone: nothing to tell
-
-    def close(self) -> None:
-        """End the watchdog now: it kills whatever is still guarded, removes the guarded files, and
-        leaves. A rank does not call this: its pipe closes when its process exits, after MPI_Finalize."""
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        self._map.close()
-        os.close(self._fd)
 
 
 def guarded_groups(fd: int) -> set[int]:
