@@ -8,7 +8,9 @@ measured is the product's packing and hand-over, not the CPU.
 The workload is drawn from a seeded generator: cores 1/2/3/4 with weights 0.4/0.3/0.15/0.15, lengths
 Pareto (alpha 1.5) cut at a quarter of the target makespan, drawn until the total work (cores x
 seconds) reaches 16 x the target makespan. Its total work and longest job are known, so the lower
-bound of the makespan is max(total work / 16, longest job).
+bound of the makespan is max(total work / 16, longest job). Each job states a walltime estimate: its
+true length times a seeded log-normal error (sigma 0.3), so the tower can start long jobs first
+without being told the truth.
 
 Figures, from the run's store (read-only): busy = sum over jobs of cores x wall_s; makespan =
 last end_time - first start_time; use = busy / (16 x makespan). Also the makespan against its lower
@@ -29,6 +31,7 @@ NAME = "allocation"
 RANKS, CORES_PER_RANK = 4, 4
 CORE_WEIGHTS = {1: 0.4, 2: 0.3, 3: 0.15, 4: 0.15}
 ALPHA = 1.5
+ESTIMATE_SIGMA = 0.3  # walltime estimates are off by a log-normal factor: x0.74-x1.35 for 2 jobs in 3
 
 
 def draw_workload(seed: int, target_makespan_s: float, cores: int, x_min_s: float) -> dict[int, list[float]]:
@@ -45,13 +48,17 @@ def draw_workload(seed: int, target_makespan_s: float, cores: int, x_min_s: floa
     return jobs
 
 
-def workload_yaml(jobs: dict[int, list[float]], order: list[int]) -> str:
+def workload_yaml(jobs: dict[int, list[float]], order: list[int], seed: int, error_sigma: float = ESTIMATE_SIGMA) -> str:
+    """Each length is an input (``sleep {inputs}``) with a walltime estimate: the true length times a
+    seeded log-normal error, as a user's guess or a scout job's measurement would be."""
+    rng = random.Random(seed + 1)
     lines = ["name: bench-allocation", "tasks:"]
     for c in order:
         if not jobs[c]:
             continue
-        lengths = json.dumps([f"{x:.2f}" for x in jobs[c]])
-        lines += [f"  - name: sleep-{c}core", "    command: sleep {inputs}", f"    inputs: {lengths}",
+        inputs = json.dumps([{"name": f"{x:.2f}", "walltime": round(x * rng.lognormvariate(0, error_sigma), 2)}
+                             for x in jobs[c]])
+        lines += [f"  - name: sleep-{c}core", "    command: sleep {inputs}", f"    inputs: {inputs}",
                   f"    cores: {c}", "    walltime: 5m", "    max_attempts: 1"]
     return "\n".join(lines) + "\n"
 
@@ -67,10 +74,10 @@ def read_store(data_dir: Path) -> list[tuple[int, float, float, float, str]]:
     return [(json.loads(spec)["cores"], start, end, wall, state) for spec, start, end, wall, state in rows]
 
 
-def run_once(ctx: Context, jobs: dict[int, list[float]], order: list[int], tag: str) -> dict:
+def run_once(ctx: Context, jobs: dict[int, list[float]], order: list[int], seed: int, tag: str) -> dict:
     where = ctx.scratch(f"allocation-{tag}")
     wl = where / "workload.yaml"
-    wl.write_text(workload_yaml(jobs, order))
+    wl.write_text(workload_yaml(jobs, order, seed))
     data = where / "data"
     try:
         got = timed([HPC_EDGE, "run", wl, "--ranks", RANKS, "--cores-per-rank", CORES_PER_RANK, "--json",
@@ -116,7 +123,7 @@ def run(ctx: Context) -> list[Record]:
     for i in range(repeats):
         ctx.log(f"allocation: repeat {i + 1}/{repeats}: {sum(map(len, jobs.values()))} sleep payloads, "
                 f"{work:.1f} core-s of work on {cores} slots (lower bound {lower:.1f} s)")
-        got = run_once(ctx, jobs, order, str(i))
+        got = run_once(ctx, jobs, order, seed, str(i))
         use.append(100 * got["busy"] / (cores * got["makespan"]))
         ratio_lb.append(got["makespan"] / lower)
         useful_wall.append(100 * work / (cores * got["wall"]))
@@ -127,6 +134,7 @@ def run(ctx: Context) -> list[Record]:
     params = {"ranks": RANKS, "cores_per_rank": CORES_PER_RANK, "core_slots": cores, "seed": seed,
               "jobs": {str(c): len(xs) for c, xs in jobs.items()}, "core_weights": CORE_WEIGHTS,
               "lengths": f"Pareto alpha={ALPHA} x_min={x_min}s cut at {target_makespan / 4}s",
+              "walltime_estimates": f"length x lognormal(0, {ESTIMATE_SIGMA})",
               "total_work_core_s": round(work, 2), "longest_job_s": longest, "lower_bound_s": round(lower, 3),
               "task_order": [f"sleep-{c}core" for c in order], "repeats": repeats}
     label = f"{RANKS}x{CORES_PER_RANK} slots, {round(work)} core-s"

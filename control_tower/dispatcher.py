@@ -96,10 +96,25 @@ class Dispatcher:
         return self._count
 
     def take(self, cores: int, max_job_cores: int, max_job_memory_mb: int,
-             remaining_s: float | None = None) -> list[tuple[int, int]]:
-        """(task_id, job_id) pairs covering up to ``cores`` cores, highest priority first."""
+             remaining_s: float | None = None, holes: list[int] | tuple = ()) -> list[tuple[int, int]]:
+        """(task_id, job_id) pairs covering up to ``cores`` cores, highest priority first.
+
+        ``holes`` are free cores of single ranks (part of ``cores``): each is filled first, largest
+        hole first, with the first jobs in this order that fit it, so narrow jobs backfill what wide
+        ones leave; the rest of ``cores`` is then covered as usual (prefetch)."""
         taken: list[tuple[int, int]] = []
         budget = cores
+        if holes:
+            budget -= sum(holes)
+            for hole in sorted(holes, reverse=True):
+                while hole > 0:
+                    got = self._take_one(min(hole, max_job_cores), max_job_memory_mb, remaining_s)
+                    if got is None:
+                        break
+                    taken.append(got)
+                    hole -= self.tasks[got[0]].cores
+            if budget <= 0:
+                return taken
         for _, _, task_id in self._order:
             if budget <= 0:
                 break
@@ -135,6 +150,29 @@ class Dispatcher:
             self._count -= n
             self._live[task_id] -= n
         return taken
+
+    def _take_one(self, max_cores: int, max_memory_mb: int, remaining_s: float | None) -> tuple[int, int] | None:
+        """The first ready job, in dispatch order, that fits ``max_cores`` (withdrawn ones skipped)."""
+        for _, _, task_id in self._order:
+            slot = self.tasks[task_id]
+            if not self._live[task_id] or slot.cores > max_cores or slot.memory_mb > max_memory_mb:
+                continue
+            if remaining_s is not None and slot.walltime_s + self.walltime_margin_s > remaining_s:
+                continue
+            queue = self.ready[task_id]
+            while queue:
+                first, stop = queue[0]
+                if first + 1 == stop:
+                    queue.popleft()
+                else:
+                    queue[0] = (first + 1, stop)
+                if first in self._withdrawn:
+                    self._withdrawn.discard(first)
+                    continue
+                self._count -= 1
+                self._live[task_id] -= 1
+                return task_id, first
+        return None
 
     def ready_cores(self) -> int:
         """Cores the ready jobs need, all together."""

@@ -127,8 +127,8 @@ class JobBook:
 
     # ---- dispatch -----------------------------------------------------------------------------
     def dispatch(self, worker_id: str, cores: int, max_job_cores: int, max_job_memory_mb: int,
-                 remaining_s: float | None) -> list[p.JobSpec]:
-        taken = self.dispatcher.take(cores, max_job_cores, max_job_memory_mb, remaining_s)
+                 remaining_s: float | None, holes: list[int] | tuple = ()) -> list[p.JobSpec]:
+        taken = self.dispatcher.take(cores, max_job_cores, max_job_memory_mb, remaining_s, holes)
         if not taken:
             return []
         rows = self.store.jobs_for_dispatch([job_id for _, job_id in taken])

@@ -249,7 +249,8 @@ class Tower:
         specs, ranges, es_specs = [], [], []
         if not self.stopping:
             if m.cores:
-                specs = self.book.dispatch(worker_id, m.cores, m.max_job_cores, m.max_job_memory_mb, m.remaining_s)
+                specs = self.book.dispatch(worker_id, m.cores, m.max_job_cores, m.max_job_memory_mb, m.remaining_s,
+                                           m.holes)
             if m.ranges:
                 ranges, es_specs = self.ranges.take(worker_id, m.ranges)
         exhausted = self.ranges.exhausted(worker_id)

@@ -71,6 +71,20 @@ RETRY_CLASSES = {
 }
 
 
+class InputFile(BaseModel):
+    """An input with the walltime its job is expected to take for it (a user's or a scout job's guess)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    walltime: float = Field(description="expected walltime this input adds to its job")
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _walltime(cls, v):
+        return parse_duration(v)
+
+
 class TaskLimits(BaseModel):
     """What the node enforces on each running payload of the task."""
 
@@ -94,7 +108,9 @@ class TaskSpec(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     command: str = Field(min_length=1)
     count: int | None = Field(default=None, ge=1, le=100_000_000)
-    inputs: list[str] | None = Field(default=None, min_length=1)
+    inputs: list[str | InputFile] | None = Field(
+        default=None, min_length=1,
+        description="one name per input, or {name, walltime}: jobs with the longest expected walltime go first")
     files_per_job: int = Field(default=1, ge=1)
     cores: int = Field(default=1, ge=1, le=4096)
     memory_mb: int = Field(default=0, ge=0)
@@ -176,6 +192,28 @@ class TaskSpec(BaseModel):
                     raise ValueError(f"'{key}' needs event_service: true")
         return self
 
+    @model_validator(mode="after")
+    def _input_walltimes(self):
+        """With a walltime on every input, a job's estimate is the sum over its inputs, and the task's
+        (used to match jobs to the time a worker has left) is the longest job's unless given."""
+        if self.inputs is not None and any(isinstance(i, InputFile) for i in self.inputs):
+            if not all(isinstance(i, InputFile) for i in self.inputs):
+                raise ValueError("give a walltime for every input or for none")
+            if "walltime" not in self.model_fields_set:
+                self.walltime = max(self.job_walltime(i) for i in range(self.n_jobs))
+        return self
+
+    @property
+    def ranked_inputs(self) -> bool:
+        """Whether the inputs carry walltimes (and the jobs go out longest first)."""
+        return self.inputs is not None and isinstance(self.inputs[0], InputFile)
+
+    def job_walltime(self, index: int) -> float:
+        """The expected walltime of job ``index``: its inputs' sum, or the task's."""
+        if not self.ranked_inputs:
+            return self.walltime
+        return sum(i.walltime for i in self.inputs[index * self.files_per_job:(index + 1) * self.files_per_job])
+
     @property
     def n_jobs(self) -> int:
         if self.event_service:
@@ -191,7 +229,8 @@ class TaskSpec(BaseModel):
             return [self.files[index].name] if self.files is not None else None
         if self.inputs is None:
             return None
-        return self.inputs[index * self.files_per_job:(index + 1) * self.files_per_job]
+        return [i if isinstance(i, str) else i.name
+                for i in self.inputs[index * self.files_per_job:(index + 1) * self.files_per_job]]
 
     def job_ranges(self, index: int):
         """(file index, lfn, guid, scope, first event, last event) of each range of job ``index``."""
@@ -231,8 +270,13 @@ class JobTemplate:
 
 
 def expand(task: TaskSpec):
-    """The jobs of a task, in index order (a generator: millions of jobs stay cheap)."""
-    for index in range(task.n_jobs):
+    """The jobs of a task in the order they are handed out: index order (a generator: millions of
+    jobs stay cheap), or the longest expected walltime first when the inputs give walltimes (longest
+    processing time first: the long jobs start early and the short ones fill the end)."""
+    indices = range(task.n_jobs)
+    if task.ranked_inputs:
+        indices = sorted(indices, key=lambda i: -task.job_walltime(i))
+    for index in indices:
         yield JobTemplate(index, task.job_inputs(index))
 
 

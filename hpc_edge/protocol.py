@@ -164,6 +164,9 @@ class Request(_Message):
     max_job_memory_mb: int = Field(ge=0)
     remaining_s: float | None = None
     ranges: int = Field(default=0, ge=0)
+    # free cores of each rank that the relay's own buffer cannot fill: the tower fills each with jobs
+    # that fit it (first fit in its order); ``cores`` counts them too, the rest is prefetch
+    holes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, max_length=65536)
 
 
 class Work(_Message):

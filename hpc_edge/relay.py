@@ -38,7 +38,8 @@ class RelayConfig:
     resend_s: float = 30.0
     flush_s: float = 0.02
     flush_max: int = 512
-    prefetch_horizon_s: float = 0.5  # keep enough work queued per rank to cover this long
+    prefetch_horizon_s: float = 0.5  # keep enough work at hand to cover this long
+    bind_horizon_s: float = 0.05  # and enough queued at each rank to cover this long
     max_prefetch: int = 64
     stop_timeout_s: float = 30.0
     curve: tuple[bytes, bytes, bytes] | None = None  # (client public, client secret, server public)
@@ -76,6 +77,9 @@ class Relay:
         self.seq = 0
         self.req = 0
         self.req_out: float | None = None
+        # the ranks' loads when their free cores were last named to the tower and it sent nothing for
+        # them: not asked again until a job ends or starts
+        self.holes_asked: tuple[int, ...] | None = None
         self.retry_at = 0.0
         self.last_sent = 0.0
         self.welcomed = False
@@ -180,6 +184,8 @@ class Relay:
             logger.info("relay %s: dropped work answering void request %d", self.cfg.worker_id, m.req)
             return
         self.req_out = None
+        if m.jobs:
+            self.holes_asked = None  # what is still free after these is worth naming once more
         self.buffer.extend(m.jobs)
         for spec in m.es_jobs:
             self.es_jobs[spec.job_id] = spec
@@ -224,14 +230,19 @@ class Relay:
         now = time.monotonic()
         if now < self.retry_at:
             return
-        target, target_ranges = self.target_cores(), self.target_ranges()
+        depth = self.job_depth()
+        target, target_ranges = self.target_cores(depth), self.target_ranges()
         want = target - sum(self.rank_load) - sum(s.cores for s in self.buffer)
         want_ranges = target_ranges - len(self.held_ranges) - len(self.range_buffer)
-        # ask in chunks (a quarter of the target) rather than a job at a time: fewer round trips and
-        # tower commits; with long jobs the target is the cores alone and every free core asks at once.
+        # Short jobs: ask in chunks (a quarter of the target) rather than a job at a time: fewer round
+        # trips and tower commits. Long jobs (no prefetch): name each rank's free cores that the buffer
+        # cannot fill, so the tower backfills them with jobs that fit; ask again only when they change.
         # Ask only for what the tower said it has; when it had nothing, probe after its retry delay.
         probing = not (self.jobs_ready or self.ranges_ready)
-        jobs_due = (self.jobs_ready or probing) and want >= max(1, target // 4)
+        holes = self.holes() if self.bind_depth() == 0 else []
+        extra = want - sum(holes)
+        jobs_due = (self.jobs_ready or probing) and (
+            extra >= max(1, target // 4) or (bool(holes) and tuple(self.rank_load) != self.holes_asked))
         ranges_due = (self.ranges_ready or probing) and want_ranges >= max(1, target_ranges // 4)
         if not (jobs_due or ranges_due):
             return
@@ -240,18 +251,33 @@ class Relay:
             self.flush_updates(force=True)
         self.req += 1
         remaining = None if self.cfg.ends_at is None else self.cfg.ends_at - time.time()
-        self.send(p.Request(req=self.req, cores=max(want, 0), max_job_cores=max(r.cores for r in self.ranks),
+        if not jobs_due:
+            holes, want = [], 0
+        self.holes_asked = tuple(self.rank_load) if holes else None
+        cores = sum(holes) + max(0, extra)
+        self.send(p.Request(req=self.req, cores=cores, max_job_cores=max(r.cores for r in self.ranks),
                             max_job_memory_mb=max(r.memory_mb for r in self.ranks), remaining_s=remaining,
-                            ranges=max(want_ranges, 0)))
+                            ranges=max(want_ranges, 0), holes=holes))
         self.req_out = now
 
-    def target_cores(self) -> int:
+    def target_cores(self, depth: int) -> int:
         """Cores of work to hold: running plus enough queued to cover the prefetch horizon."""
-        return sum(r.cores for r in self.ranks) * (1 + self.job_depth())
+        return sum(r.cores for r in self.ranks) * (1 + depth)
+
+    def holes(self) -> list[int]:
+        """Free cores of each rank with any (the buffer has been placed: what is left does not fit them)."""
+        return [info.cores - load for info, load in zip(self.ranks, self.rank_load) if load < info.cores]
 
     def job_depth(self) -> int:
-        """Extra rounds of jobs queued per core: none for long jobs, many for short ones."""
+        """Extra rounds of jobs held per core (at the relay or the ranks): none for long jobs, many for
+        short ones, so no core waits for a round trip to the tower."""
         return prefetch_depth(self.mean_wall, self.cfg.prefetch_horizon_s, self.cfg.max_prefetch)
+
+    def bind_depth(self) -> int:
+        """Extra rounds of jobs queued at each rank, so it does not wait for the relay: only for very
+        short jobs. Longer ones stay at the relay until a rank has the cores to start them (late
+        binding): the first rank to free up gets the next job, and narrow jobs fill what wide ones leave."""
+        return prefetch_depth(self.mean_wall, self.cfg.bind_horizon_s, self.cfg.max_prefetch)
 
     def range_depth(self) -> int:
         """Ranges per core a rank holds: enough to cover the horizon, few when ranges are long."""
@@ -337,17 +363,22 @@ class Relay:
     def distribute_work(self) -> None:
         if not self.buffer or self.stop_reason:
             return
-        depth = self.job_depth()
+        depth = self.bind_depth()
+        room = max(info.cores * (1 + depth) - load for info, load in zip(self.ranks, self.rank_load))
         batches: dict[int, list[p.JobSpec]] = {}
         kept: deque[p.JobSpec] = deque()
-        for spec in self.buffer:
-            rank = self.pick_rank(spec, depth)
+        buffer = self.buffer
+        while buffer and room > 0:  # in order; a job that fits no rank now keeps its place
+            spec = buffer.popleft()
+            rank = self.pick_rank(spec, depth) if spec.cores <= room else None
             if rank is None:
                 kept.append(spec)
                 continue
             batches.setdefault(rank, []).append(spec)
             self.held[spec.job_id] = (rank, spec.cores)
             self.rank_load[rank] += spec.cores
+            room = max(info.cores * (1 + depth) - load for info, load in zip(self.ranks, self.rank_load))
+        kept.extend(buffer)
         self.buffer = kept
         for rank, specs in batches.items():
             if rank == 0:
@@ -386,16 +417,19 @@ class Relay:
                 relay_send_exhausted(self.comm, info.rank, tell)
 
     def pick_rank(self, spec: p.JobSpec, depth: int) -> int | None:
-        best, best_fill = None, None
+        """With prefetch (short jobs), the least loaded rank with room in its queue; without (long jobs
+        are bound to a rank only when they can start there), the best fit: the rank with the fewest
+        free cores that still hold the job, keeping wide holes for wide jobs."""
+        best, best_key = None, None
         for info in self.ranks:
             if info.cores < spec.cores or info.memory_mb < spec.memory_mb:
                 continue
             load = self.rank_load[info.rank]
             if load + spec.cores > info.cores * (1 + depth) and load > 0:
                 continue
-            fill = load / info.cores
-            if best_fill is None or fill < best_fill:
-                best, best_fill = info.rank, fill
+            key = load / info.cores if depth else info.cores - load
+            if best_key is None or key < best_key:
+                best, best_key = info.rank, key
         return best
 
     def kill_jobs(self, job_ids: set[int], reason: ErrorCode, diag: str) -> None:
@@ -465,7 +499,7 @@ def prefetch_depth(mean_wall: float | None, horizon_s: float, cap: int) -> int:
 
     Unknown lengths (nothing has finished yet) and jobs much longer than the horizon get none: a
     queued long job would sit on this worker while another one idles."""
-    if mean_wall is None or horizon_s / mean_wall < 0.05:
+    if mean_wall is None or mean_wall >= horizon_s:
         return 0
     return min(cap, math.ceil(horizon_s / mean_wall))
 

@@ -246,3 +246,44 @@ def test_a_job_withdrawn_then_made_ready_again_is_handed_out_once():
     assert len(d) == 3
     assert jobs(d.take(cores=10, max_job_cores=1, max_job_memory_mb=0)) == [1, 2, 3]
     assert len(d) == 0
+
+
+# ---- holes: free cores of single ranks ----------------------------------------------------------
+
+def test_holes_are_filled_with_the_first_jobs_that_fit_each():
+    # widest first: 3-core jobs, then 1-core ones; two ranks with 4 and 2 free cores
+    d = dispatcher_with((1, 0, 3, 0, 600, [1, 2, 3]), (2, 0, 1, 0, 600, [10, 11, 12, 13]))
+
+    taken = d.take(cores=6, max_job_cores=4, max_job_memory_mb=0, holes=[2, 4])
+
+    # the 4-core hole: a 3-core job and the 1-core job that fills what it leaves; the 2-core hole:
+    # two 1-core jobs (no 3-core job fits it)
+    assert taken == [(1, 1), (2, 10), (2, 11), (2, 12)]
+    assert len(d) == 3
+
+
+def test_holes_no_job_fits_get_nothing_and_lose_nothing():
+    d = dispatcher_with((1, 0, 4, 0, 600, [1, 2]))
+
+    assert d.take(cores=3, max_job_cores=4, max_job_memory_mb=0, holes=[1, 2]) == []
+    assert len(d) == 2
+    assert jobs(d.take(cores=4, max_job_cores=4, max_job_memory_mb=0, holes=[4])) == [1]
+
+
+def test_holes_come_first_and_the_rest_of_the_cores_is_prefetch():
+    d = dispatcher_with((1, 0, 2, 0, 600, range(1, 11)), (2, 0, 1, 0, 600, [20, 21]))
+
+    taken = d.take(cores=5, max_job_cores=4, max_job_memory_mb=0, holes=[1])
+
+    # the 1-core hole gets the 1-core job; the 4 other cores: two 2-core jobs
+    assert taken == [(2, 20), (1, 1), (1, 2)]
+
+
+def test_holes_skip_withdrawn_jobs_and_respect_priority_and_walltime():
+    d = dispatcher_with((1, 5, 1, 0, 7200, [1, 2]), (2, 0, 1, 0, 600, [3, 4, 5]))
+    d.withdraw(2, 3)
+
+    # the high-priority task needs 2 h, the worker has 1 h left: only task 2 (without job 3)
+    assert d.take(cores=2, max_job_cores=4, max_job_memory_mb=0, remaining_s=3600, holes=[2]) == [(2, 4), (2, 5)]
+    assert d.take(cores=1, max_job_cores=4, max_job_memory_mb=0, holes=[1]) == [(1, 1)]
+    assert len(d) == 1

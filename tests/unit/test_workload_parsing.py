@@ -302,3 +302,31 @@ def test_unquoted_clock_walltimes_in_yaml_mean_the_same_as_quoted_ones(text, sec
     (task,) = parse_workload(task_yaml("count: 1", f"walltime: {text}")).tasks
 
     assert task.walltime == seconds
+
+
+def test_inputs_with_walltimes_go_out_longest_first_and_keep_their_index():
+    (task,) = parse_workload(task_yaml(
+        "inputs: [{name: a, walltime: 10}, {name: b, walltime: 2m}, {name: c, walltime: 1}, {name: d, walltime: 30}]",
+        "files_per_job: 2")).tasks
+
+    # job 0 = a + b (130 s), job 1 = c + d (31 s)
+    assert [task.job_walltime(i) for i in range(2)] == [130.0, 31.0]
+    assert [(j.index, j.inputs) for j in expand(task)] == [(0, ["a", "b"]), (1, ["c", "d"])]
+    (task,) = parse_workload(task_yaml(
+        "inputs: [{name: a, walltime: 10}, {name: b, walltime: 2m}, {name: c, walltime: 1}]")).tasks
+    assert [(j.index, j.inputs) for j in expand(task)] == [(1, ["b"]), (0, ["a"]), (2, ["c"])]
+    # the task's walltime (matched against a worker's time left) is its longest job's, unless given
+    assert task.walltime == 120.0
+
+
+def test_an_explicit_task_walltime_is_kept_with_input_walltimes():
+    (task,) = parse_workload(task_yaml("inputs: [{name: a, walltime: 10}]", "walltime: 1h")).tasks
+
+    assert task.walltime == 3600.0
+
+
+def test_walltimes_on_some_inputs_only_is_an_error_naming_the_task():
+    with pytest.raises(WorkloadError, match=r"tasks\.0: give a walltime for every input or for none"):
+        parse_workload(task_yaml("inputs: [{name: a, walltime: 10}, b]"))
+    with pytest.raises(WorkloadError, match=r"walltime"):
+        parse_workload(task_yaml("inputs: [{name: a, walltime: soon}]"))
