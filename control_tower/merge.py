@@ -8,6 +8,7 @@ slices, so thousands of range files need neither many file handles nor much memo
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import tarfile
@@ -108,11 +109,68 @@ def _append(dst, src, path: Path) -> None:
 
 
 def archive(parts: list[Part], out: Path) -> Path:
-    """A gzipped tar of the range outputs, named by range id.
+    """A gzipped tar (POSIX ustar) of the range outputs, named by range id.
 
-    Headers are built from one stat per file (no owner-name lookups, integer times so no pax
-    records), and gzip runs at level 1: with thousands of small range files the archive's cost is
-    its headers, and a better ratio is not worth a slower merge."""
+    With thousands of small range files the archive's cost is its headers: each is built from one
+    stat (no owner-name lookups) by ``ustar_header``, and gzip runs at level 1 (a better ratio is not
+    worth a slower merge). Names over 100 bytes or files of 8 GiB or more go through ``tarfile``."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    entries = []
+    for part in parts:
+        try:
+            st = os.stat(part.path)
+        except OSError as exc:
+            raise MergeError(f"cannot archive range output {part.path}: {exc}") from exc
+        entries.append((part, f"{part.range_id}{part.path.suffix}".encode(), st.st_size, int(st.st_mtime)))
+    if any(len(name) > 100 or size >= 8 * 2**30 for _, name, size, _ in entries):
+        return _archive_tarfile(parts, out)
+    with gzip.open(tmp, "wb", compresslevel=1) as gz:
+        written = 0
+        for part, name, size, mtime in entries:
+            gz.write(ustar_header(name, size, mtime))
+            written += 512
+            if size:
+                try:
+                    with open(part.path, "rb") as f:
+                        copied = _copy_exact(f, gz, size)
+                except OSError as exc:
+                    raise MergeError(f"cannot archive range output {part.path}: {exc}") from exc
+                if copied != size:
+                    raise MergeError(f"range output {part.path} changed size while being archived")
+                pad = -size % 512
+                gz.write(b"\0" * pad)
+                written += size + pad
+        end = written + 1024  # two zero blocks, then up to a whole record, as tar writes it
+        gz.write(b"\0" * (1024 + -end % tarfile.RECORDSIZE))
+    os.replace(tmp, out)
+    return out
+
+
+def ustar_header(name: bytes, size: int, mtime: int) -> bytes:
+    """The 512-byte POSIX ustar header of a regular file (mode 644, owner 0:0)."""
+    h = bytearray(512)
+    h[:len(name)] = name
+    h[100:124] = b"0000644\0" b"0000000\0" b"0000000\0"
+    h[124:136] = b"%011o\0" % size
+    h[136:148] = b"%011o\0" % mtime
+    h[148:157] = b"        0"  # checksum counted as spaces; type 0: regular file
+    h[257:265] = b"ustar\x0000"
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+
+
+def _copy_exact(src, dst, size: int) -> int:
+    copied = 0
+    while copied < size:
+        chunk = src.read(min(1 << 20, size - copied))
+        if not chunk:
+            break
+        dst.write(chunk)
+        copied += len(chunk)
+    return copied
+
+
+def _archive_tarfile(parts: list[Part], out: Path) -> Path:
     tmp = out.with_name(f".{out.name}.tmp")
     with tarfile.open(tmp, "w:gz", compresslevel=1, format=tarfile.GNU_FORMAT) as tar:
         for part in parts:

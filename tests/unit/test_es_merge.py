@@ -5,6 +5,7 @@ small open-file limit (the merge opens one file at a time)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -175,6 +176,41 @@ def test_outputs_that_are_not_hdf5_are_archived_by_range_id(tmp_path):
         assert tar.getnames() == ["1-7-0-1-1.root", "1-7-0-0-1.root", "1-7-0-2-1.root"]
         for part in parts:
             assert tar.extractfile(f"{part.range_id}.root").read() == part.path.read_bytes()
+
+
+def test_the_archive_reads_back_with_gnu_tar_sizes_times_and_bytes_intact(tmp_path):
+    # GNU tar, the tool a user unpacks it with: it checks every header's checksum and the end blocks
+    d = tmp_path / "ranges"
+    d.mkdir()
+    parts = []
+    for idx, size in enumerate([0, 1, 511, 512, 513, 70_000]):
+        path = d / f"r{idx}.out"
+        path.write_bytes(bytes(range(256)) * (size // 256) + bytes(size % 256))
+        os.utime(path, (1_700_000_000 + idx, 1_700_000_000 + idx))
+        parts.append(Part(f"1-7-0-{idx}-1", idx, idx, path))
+    out = merge_parts(parts, tmp_path / "out", "t")
+
+    listing = subprocess.run(["tar", "-tzvf", str(out), "--utc", "--full-time"], capture_output=True, text=True,
+                             check=True)
+    assert listing.stderr == ""
+    rows = [line.split() for line in listing.stdout.splitlines()]
+    assert [(r[0], int(r[2]), r[5]) for r in rows] == [
+        ("-rw-r--r--", p.path.stat().st_size, f"{p.range_id}.out") for p in parts]
+    assert rows[1][3:5] == ["2023-11-14", "22:13:21"]
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(["tar", "-xzf", str(out), "-C", str(unpacked)], check=True)
+    for part in parts:
+        assert (unpacked / f"{part.range_id}.out").read_bytes() == part.path.read_bytes()
+
+
+def test_range_ids_too_long_for_a_ustar_name_are_archived_whole(tmp_path):
+    path = tmp_path / "r.out"
+    path.write_text("x")
+    long_id = "1-7-0-" + "9" * 120 + "-1"
+    out = merge_parts([Part(long_id, 0, 0, path)], tmp_path / "out", "t")
+    with tarfile.open(out, "r:gz") as tar:
+        assert tar.getnames() == [f"{long_id}.out"]
 
 
 def test_hdf5_mixed_with_other_outputs_is_archived(tmp_path):
