@@ -29,14 +29,14 @@ class Part:
     range_id: str
     first_event: int
     last_event: int
-    path: Path
+    path: str | Path
 
 
 def merge_parts(parts: list[Part], out_dir: Path, stem: str) -> Path:
     """Merge into ``out_dir/stem.h5`` (all parts HDF5) or ``out_dir/stem.tgz``; return the path."""
     parts = sorted(parts, key=lambda p: p.first_event)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hdf5 = bool(parts) and all(p.path.suffix in (".h5", ".hdf5") for p in parts)
+    hdf5 = bool(parts) and all(os.path.splitext(p.path)[1] in (".h5", ".hdf5") for p in parts)
     out = out_dir / f"{stem}.{'h5' if hdf5 else 'tgz'}"
     try:
         return merge_hdf5(parts, out) if hdf5 else archive(parts, out)
@@ -121,7 +121,8 @@ def archive(parts: list[Part], out: Path) -> Path:
             st = os.stat(part.path)
         except OSError as exc:
             raise MergeError(f"cannot archive range output {part.path}: {exc}") from exc
-        entries.append((part, f"{part.range_id}{part.path.suffix}".encode(), st.st_size, int(st.st_mtime)))
+        entries.append((part, f"{part.range_id}{os.path.splitext(part.path)[1]}".encode(), st.st_size,
+                        int(st.st_mtime)))
     if any(len(name) > 100 or size >= 8 * 2**30 for _, name, size, _ in entries):
         return _archive_tarfile(parts, out)
     with gzip.open(tmp, "wb", compresslevel=1) as gz:
@@ -176,7 +177,7 @@ def _archive_tarfile(parts: list[Part], out: Path) -> Path:
         for part in parts:
             try:
                 st = os.stat(part.path)
-                info = tarfile.TarInfo(f"{part.range_id}{part.path.suffix}")
+                info = tarfile.TarInfo(f"{part.range_id}{os.path.splitext(part.path)[1]}")
                 info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), 0o644
                 if st.st_size:
                     with open(part.path, "rb") as f:

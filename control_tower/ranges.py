@@ -50,6 +50,7 @@ class RangeBook:
         self.worker_jobs: dict[str, set[int]] = {}
         self.to_merge: list[int] = []
         self._writes: list[tuple] = []
+        self._assigns: list[tuple] = []  # (attempt, worker_id, t, job_id, range_idx), written before _writes
         self.stale_events = 0
 
     # ---- loading ------------------------------------------------------------------------------
@@ -113,6 +114,8 @@ class RangeBook:
     def take(self, worker_id: str, n: int) -> tuple[list[p.RangeSpec], list[p.JobSpec]]:
         ranges, specs = [], []
         now = time.time()
+        if self._writes:
+            self.flush()  # assignments are written before later changes: keep earlier changes before them
         for job_id in self.order:
             if n <= 0:
                 break
@@ -123,20 +126,19 @@ class RangeBook:
             specs.append(self.job_spec(es, task_name, task))
             if es.state == "activated":
                 self.set_job(es, "running", now)
+            files, construct, prefix = task.files, p.RangeSpec.model_construct, f"{es.task_id}-{job_id}-"
             while es.ready and n > 0:
                 idx = es.ready.popleft()
                 attempt = es.attempts.get(idx, 1)
                 file_idx, first, last = es.geometry[idx]
-                lfn = task.files[file_idx].name if task.files else ""
-                guid = task.files[file_idx].guid if task.files else ""
-                scope = task.files[file_idx].scope if task.files else ""
-                ranges.append(p.RangeSpec(range_id=f"{es.task_id}-{job_id}-{file_idx}-{idx}-{attempt}",
-                                          job_id=job_id, first_event=first, last_event=last, lfn=lfn, guid=guid,
-                                          scope=scope))
+                f = files[file_idx] if files else None
+                # built here from checked parts: no validation needed (model_construct)
+                ranges.append(construct(range_id=f"{prefix}{file_idx}-{idx}-{attempt}", job_id=job_id,
+                                        first_event=first, last_event=last, lfn=f.name if f else "",
+                                        guid=f.guid if f else "", scope=f.scope if f else ""))
                 self._hold(worker_id, job_id, idx, attempt, "assigned")
                 self._count(es, "ready", "assigned")
-                self._writes.append(("assigned", attempt, worker_id, None, None, None, None, None, None, None,
-                                     None, None, None, now, job_id, idx))
+                self._assigns.append((attempt, worker_id, now, job_id, idx))
                 n -= 1
         return ranges, specs
 
@@ -234,6 +236,9 @@ class RangeBook:
 
     def flush(self) -> None:
         """Write the queued range changes into the store's open transaction."""
+        if self._assigns:
+            self.store.assign_ranges(self._assigns)
+            self._assigns = []
         if self._writes:
             self.store.set_ranges(self._writes)
             self._writes = []

@@ -194,6 +194,12 @@ class Store:
         return self.db.execute("SELECT job_id, range_idx, state, attempt, worker_id, file_idx, first_event,"
                                " last_event FROM ranges WHERE task_id=? ORDER BY job_id, range_idx", (task_id,))
 
+    def assign_ranges(self, rows: list[tuple]) -> None:
+        """rows: (attempt, worker_id, updated, job_id, range_idx) of ranges handed to a worker."""
+        self.db.executemany("UPDATE ranges SET state='assigned', attempt=?, worker_id=?, rank=NULL, host=NULL,"
+                            " output=NULL, size=NULL, cpu_s=NULL, wall_s=NULL, exit_code=NULL, signal=NULL,"
+                            " error_code=NULL, error_diag=NULL, updated=? WHERE job_id=? AND range_idx=?", rows)
+
     def set_ranges(self, rows: list[tuple]) -> None:
         """rows: (state, attempt, worker_id, rank, host, output, size, cpu_s, wall_s, exit_code, signal,
         error_code, error_diag, updated, job_id, range_idx)."""
