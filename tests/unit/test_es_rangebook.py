@@ -256,6 +256,20 @@ def test_a_failed_range_is_retried_with_its_attempt_counted_then_failed_for_good
     tower.check_counts()
 
 
+def test_a_range_failed_and_handed_out_again_before_a_commit_is_stored_as_handed_out(tower):
+    # the failure (back to ready) and the new hand-out land in one transaction: the store must end with
+    # the later one, or a restarted tower would hand the range out a second time
+    tower.add(es_task(max_attempts=3))
+    tower.take("w1", 1)
+    tower.ranges.apply("w1", ev("1-1-0-0-1", "failed", error_code=2001, error_diag="bad event"))
+    assert tower.take("w2", 1) == ["1-1-0-0-2"]
+    tower.save()
+
+    row = tower.row(1, 0)
+    assert (row["state"], row["attempt"], row["worker_id"], row["error_code"]) == ("assigned", 2, "w2", None)
+    tower.check_counts()
+
+
 @pytest.mark.parametrize("state, code", [
     ("preempted", ErrorCode.WALLTIME_PREEMPTED),
     ("preempted", ErrorCode.WORKER_STOPPED),
