@@ -7,7 +7,9 @@ not built yet". In full mode a 5,000-range pre-flight comes first; if 200,000 ra
 than BUDGET_S per repeat at its rate, the run is sized down to fit and the record says so.
 
 Either way it measures, in the same run, the floor any tower <-> relay exchange pays here: a ZeroMQ
-DEALER/ROUTER ping-pong over tcp loopback with CURVE (one message each way, sequential).
+DEALER/ROUTER ping-pong over tcp loopback with CURVE (one message each way, sequential); and how fast
+one Python loop creates empty files on the scratch disk, which is what the payload does per range
+(on this machine's ext4 that cost has varied from 8 to 130 µs of system time per file).
 """
 
 from __future__ import annotations
@@ -135,6 +137,19 @@ def zmq_pingpong(n: int) -> dict:
             "round_trips_per_s": 1e6 / (sum(rtts) / len(rtts))}
 
 
+def file_creation(ctx: Context, n: int, tag: str) -> float:
+    """Empty files created per second by one Python loop in one new directory of the scratch disk:
+    the do-nothing payload's own work per range, so the ceiling this disk puts on it today."""
+    where = ctx.scratch(f"files-{tag}")
+    try:
+        t0 = time.perf_counter()
+        for i in range(n):
+            open(where / f"{i}.out", "wb").close()
+        return n / (time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
 def run(ctx: Context) -> list[Record]:
     asked = 5_000 if ctx.quick else 200_000
     repeats = ctx.repeats(full=3, quick=1)
@@ -143,6 +158,7 @@ def run(ctx: Context) -> list[Record]:
                   {"p50_us": [round(x["p50_us"], 1) for x in pings], "p99_us": [round(x["p99_us"], 1) for x in pings]})
     params = {"ranges": asked, "ranks": 2, "jobs": JOBS, "events_per_range": 1, "repeats": repeats,
               "payload": "bench/payloads/es_noop.py (an empty output file per range)"}
+    files = Figure("files/s", [file_creation(ctx, 2_000 if ctx.quick else 20_000, str(i)) for i in range(repeats)])
     why = event_service_supported()
     wall, own = [], []
     if why is not None:
@@ -170,8 +186,10 @@ def run(ctx: Context) -> list[Record]:
     label = f"{params['ranges']:,} ranges"
     return [
         Record(NAME, "event ranges/s over the wall-clock of `hpc-edge run`", params, ours,
-               {"zmq_curve_pingpong": peer}, [Target(">= 20,000 ranges/s", ">=", 20_000.0)], label=label,
-               notes="peer: sequential CURVE DEALER/ROUTER round trips over tcp loopback, same run"),
+               {"zmq_curve_pingpong": peer, "empty_file_create": files},
+               [Target(">= 20,000 ranges/s", ">=", 20_000.0)], label=label,
+               notes="peers: sequential CURVE DEALER/ROUTER round trips over tcp loopback; empty files created "
+                     "per second by one Python loop on the scratch disk (the payload's work per range); same run"),
         Record(NAME, "event ranges/s over the run's own elapsed time", params, ours_own,
                {"zmq_curve_pingpong": peer}, label=label, notes="informational"),
     ]

@@ -90,13 +90,16 @@ def main():
               help="how workers talk to the tower: ZeroMQ, or files in the data directory")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="where the run's store and job directories go (default: .hpc-edge/runs/<workload name>)")
+@click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="run payloads in this node-local directory (e.g. /dev/shm); outputs and non-empty logs "
+                   "(everything, if a job fails) move to the job's directory when it ends")
 @click.option("--resume", is_flag=True, help="finish an earlier, interrupted run in the same data directory")
 @click.option("--fresh", is_flag=True, help="delete an earlier run in the data directory and start over")
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable summary (counts by state)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--log-level", default="WARNING", show_default=True)
 def run(workload, ranks, cores_per_rank, memory_per_rank_mb, walltime, walltime_margin, walltime_grace, workers,
-        messenger, data_dir, resume, fresh, as_json, quiet, log_level):
+        messenger, data_dir, scratch, resume, fresh, as_json, quiet, log_level):
     """Run WORKLOAD to the end on this machine (a tower in-process, mpiexec, no batch system)."""
     from .run import RunOptions, run_workload, summary_table
     from .workload import parse_duration
@@ -104,6 +107,13 @@ def run(workload, ranks, cores_per_rank, memory_per_rank_mb, walltime, walltime_
     if resume and fresh:
         raise click.UsageError("--resume and --fresh exclude each other")
     wl = load_workload(workload)
+    if scratch is not None:
+        try:
+            scratch.mkdir(parents=True, exist_ok=True)
+            if not os.access(scratch, os.W_OK | os.X_OK):
+                raise PermissionError("not writable")
+        except OSError as exc:
+            raise click.UsageError(f"--scratch {scratch}: cannot use it: {exc}") from None
     largest = max(t.cores for t in wl.tasks)
     cores = cores_per_rank or max(largest, (os.cpu_count() or 1) // ranks, 1)
     data_dir = data_dir or Path(".hpc-edge") / "runs" / wl.name
@@ -111,7 +121,8 @@ def run(workload, ranks, cores_per_rank, memory_per_rank_mb, walltime, walltime_
     opts = RunOptions(data_dir=data_dir, ranks=ranks, cores_per_rank=cores, memory_per_rank_mb=memory_per_rank_mb,
                       walltime=parse_duration(walltime) if walltime else None, workers=workers,
                       walltime_margin_s=_seconds(walltime_margin), walltime_grace_s=_seconds(walltime_grace),
-                      messenger=messenger, resume=resume, fresh=fresh,
+                      messenger=messenger, scratch=str(scratch.resolve()) if scratch else None,
+                      resume=resume, fresh=fresh,
                       progress=not (quiet or as_json), log_level=log_level)
     console = Console(stderr=True)
     summary, status = run_workload(wl, opts, console)

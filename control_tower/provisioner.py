@@ -56,6 +56,8 @@ class QueueConfig(BaseModel):
     walltime_grace_s: float = Field(default=60.0, ge=0)
     extra_directives: list[str] = Field(default_factory=list)
     launcher_options: dict = Field(default_factory=dict)
+    scratch: str | None = Field(default=None, description="node-local directory where payloads run (e.g. "
+                                "/dev/shm, $TMPDIR); their outputs and logs move to the shared job directory")
     messenger: str = Field(default="zmq", pattern=r"^(zmq|files)$",
                            description="zmq: nodes connect to the tower; files: through the shared filesystem")
 
@@ -254,6 +256,8 @@ class Provisioner:
                    "--walltime-grace-s", str(queue.walltime_grace_s), "--log-level", self.log_level]
         if queue.memory_per_rank_mb:
             command += ["--memory-per-rank-mb", str(queue.memory_per_rank_mb)]
+        if queue.scratch:
+            command += ["--scratch", queue.scratch]
         if queue.walltime:
             command += ["--walltime-s", str(int(queue.walltime))]
         if self.tower.cfg.curve and queue.messenger == "zmq":

@@ -34,6 +34,7 @@ class RunOptions:
     walltime_margin_s: float = 60.0
     walltime_grace_s: float = 60.0
     messenger: str = "zmq"
+    scratch: str | None = None
     resume: bool = False
     fresh: bool = False
     progress: bool = True
@@ -79,7 +80,8 @@ def run_workload(workload: Workload, opts: RunOptions, console: Console) -> tupl
     queue = QueueConfig(name="local", launcher="local", ranks_per_node=opts.ranks,
                         cores_per_rank=opts.cores_per_rank, memory_per_rank_mb=opts.memory_per_rank_mb,
                         walltime=opts.walltime, walltime_grace_s=opts.walltime_grace_s,
-                        max_running=opts.workers, max_queued=opts.workers, messenger=opts.messenger)
+                        max_running=opts.workers, max_queued=opts.workers, messenger=opts.messenger,
+                        scratch=opts.scratch)
     tower = TowerConfig(exit_when_done=True, heartbeat_s=5.0, walltime_margin_s=opts.walltime_margin_s)
     service = Service(opts.data_dir, tower, [queue],
                       provision_interval_s=0.5, log_level=opts.log_level)

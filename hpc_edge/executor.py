@@ -12,6 +12,7 @@ import logging
 import os
 import select
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PLUGIN_CODE_RANGE, ErrorCode
-from .monitor import Progress, check, read_job_report
+from .monitor import REPORT_NAME, Progress, check, read_job_report
 from .spawn import Spawner
 from .watchdog import Watchdog
 from .esrunner import EventRunner
@@ -61,6 +62,7 @@ class Running:
     pid: int
     start_time: float
     start_mono: float
+    workdir: str = ""  # where it runs: the job's directory, or one on the rank's scratch
     stop_reason: ErrorCode | None = None
     stop_diag: str = ""
     sigterm_at: float | None = None
@@ -78,6 +80,9 @@ class Executor:
     host: str = field(default_factory=socket.gethostname)
     base_env: dict[str, str] = field(default_factory=lambda: payload_base_env(os.environ))
     guard: bool = True  # a watchdog kills the payloads if this rank dies first
+    # node-local directory (this rank's own) where payloads run instead of in their job's directory on
+    # the shared filesystem; what is worth keeping is moved there when they end (see bring_back)
+    scratch: str | None = None
 
     def __post_init__(self):
         self.queue: deque[JobSpec] = deque()
@@ -182,13 +187,18 @@ class Executor:
             "HPC_EDGE_RANK": str(self.rank), "OMP_NUM_THREADS": str(spec.cores),
         }
         try:
-            make_workdir(spec.workdir, first=spec.dispatch == 1)
-            pid = self.spawner.spawn(payload_argv(spec.command), spec.workdir, env)
+            if self.scratch:
+                workdir = f"{self.scratch}/{spec.job_id}.{spec.dispatch}"
+                make_workdir(workdir)
+            else:
+                workdir = spec.workdir
+                make_workdir(workdir, first=spec.dispatch == 1)
+            pid = self.spawner.spawn(payload_argv(spec.command), workdir, env)
         except OSError as exc:
             logger.warning("rank %d: job %d could not start: %s", self.rank, spec.job_id, exc)
             return self._event(spec, "failed", now, start_time=now, end_time=now,
                                error_code=ErrorCode.START_FAILED, error_diag=f"could not start: {exc}")
-        self.running[pid] = Running(spec, pid, now, time.monotonic())
+        self.running[pid] = Running(spec, pid, now, time.monotonic(), workdir)
         if self.watchdog:
             self.watchdog.started(pid)
         self.free_cores -= spec.cores
@@ -241,6 +251,45 @@ class Executor:
         return events
 
     def _ended(self, run: Running, code: int, usage) -> JobEvent:
+        event = self._judge(run, code, usage)
+        if run.workdir != run.spec.workdir:
+            event = self.bring_back(run, event)
+        return event
+
+    def bring_back(self, run: Running, event: JobEvent) -> JobEvent:
+        """Move what a payload left on scratch into its job's directory, then remove the scratch one.
+
+        A finished job brings back its declared outputs, its job report and its logs if not empty;
+        any other end brings back everything, for a post-mortem. Nothing to bring back: the job's
+        directory is not even created (no metadata traffic on the shared filesystem for it)."""
+        spec, src = run.spec, run.workdir
+        try:
+            if event.state == "finished":
+                names = [*spec.outputs, REPORT_NAME]
+                names += [n for n in (STDOUT_NAME, STDERR_NAME) if _size(os.path.join(src, n))]
+                names = [n for n in names if os.path.lexists(os.path.join(src, n))]
+            else:
+                names = os.listdir(src)
+            if names:
+                make_workdir(spec.workdir, first=spec.dispatch == 1)
+                for name in names:
+                    dst = os.path.join(spec.workdir, name)
+                    if os.path.dirname(name):
+                        os.makedirs(os.path.dirname(dst), exist_ok=True)
+                    shutil.move(os.path.join(src, name), dst)
+        except OSError as exc:
+            logger.warning("rank %d: job %d: moving its files from scratch failed: %s", self.rank, spec.job_id, exc)
+            if event.state == "finished":
+                event = self._event(spec, "failed", event.t, **{
+                    **{k: getattr(event, k) for k in ("pid", "start_time", "end_time", "wall_s", "cpu_s",
+                                                      "max_rss_kb", "exit_code", "files")},
+                    "error_code": ErrorCode.STAGEOUT_FAILED,
+                    "error_diag": f"moving its files from scratch to {spec.workdir} failed: {exc}"[:4000]})
+        finally:
+            shutil.rmtree(src, ignore_errors=True)
+        return event
+
+    def _judge(self, run: Running, code: int, usage) -> JobEvent:
         spec = run.spec
         end = time.time()
         measures = dict(
@@ -252,7 +301,7 @@ class Executor:
         if run.stop_reason is not None:
             return self._event(spec, _stop_state(run.stop_reason), end, exit_code=exit_code, signal=sig,
                                error_code=run.stop_reason, error_diag=run.stop_diag, **measures)
-        report, refused = read_job_report(spec.workdir)
+        report, refused = read_job_report(run.workdir)
         if refused:
             logger.warning("rank %d: job %d: %s", self.rank, spec.job_id, refused)
         if report is not None:
@@ -268,7 +317,7 @@ class Executor:
         if exit_code != 0:
             return self._event(spec, "failed", end, exit_code=exit_code, error_code=ErrorCode.NONZERO_EXIT,
                                error_diag=f"exited with code {exit_code}", **measures)
-        files, problem = check_outputs(spec.workdir, spec.outputs)
+        files, problem = check_outputs(run.workdir, spec.outputs)
         if problem is not None:
             code_, diag = problem
             return self._event(spec, "failed", end, exit_code=0, error_code=code_, error_diag=diag,
@@ -302,6 +351,8 @@ class Executor:
         # the watchdog's pipe stays open until this process exits (after MPI_Finalize): it then kills
         # any payload group still guarded and removes MPI's shared memory if the end was not orderly
         self.spawner.close()
+        if self.scratch and not self.running:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def hard_kill_all(self) -> None:
         """Last resort on exit: SIGKILL every payload group so none outlives its rank."""
@@ -315,6 +366,13 @@ class Executor:
         kw.setdefault("files", [])
         return JobEvent.model_construct(job_id=spec.job_id, dispatch=spec.dispatch, state=state, t=t,
                                         rank=self.rank, host=self.host, **kw)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def make_workdir(path: str, first: bool = False) -> None:

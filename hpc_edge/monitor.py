@@ -65,7 +65,7 @@ def dir_bytes(path: Path, cap: int | None = None) -> int:
 def check(run, now: float) -> tuple[ErrorCode, str] | None:
     """The first limit a running payload breaks, with a diagnostic; None if it is within them all."""
     limits = run.spec.limits
-    workdir = Path(run.spec.workdir)
+    workdir = Path(run.workdir or run.spec.workdir)
     cpu, rss = tree_usage(run.pid)
     out = _size(workdir / "payload.stdout") + _size(workdir / "payload.stderr")
     progress: Progress = run.progress

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,8 +68,15 @@ class Watchdog:
 
     def guard_files(self, paths: list[str]) -> None:
         """Files to remove if the rank dies without an orderly end (its MPI shared memory)."""
+        self._tell("".join(f"file {p}\n" for p in paths))
+
+    def guard_tree(self, path: str) -> None:
+        """A directory to remove with its contents when the rank is gone (its payloads' scratch)."""
+        self._tell(f"tree {path}\n")
+
+    def _tell(self, lines: str) -> None:
         try:
-            self.proc.stdin.write("".join(f"file {p}\n" for p in paths).encode())
+            self.proc.stdin.write(lines.encode())
         except (BrokenPipeError, OSError):
             pass  # the watchdog is gone: nothing to tell
 
@@ -85,9 +93,12 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # outlive the job's SIGTERM; leave on the pipe's end
     fd = int(argv[0])
     files: set[str] = set()
+    trees: set[str] = set()
     for line in sys.stdin.buffer:  # ends when the rank is gone, however it ended
         if line.startswith(b"file "):
             files.add(os.fsdecode(line[5:].rstrip(b"\n")))
+        elif line.startswith(b"tree "):
+            trees.add(os.fsdecode(line[5:].rstrip(b"\n")))
     for pgid in guarded_groups(fd):
         try:
             os.killpg(pgid, signal.SIGKILL)
@@ -98,6 +109,8 @@ def main(argv: list[str]) -> int:
             os.unlink(path)
         except OSError:
             pass
+    for path in trees:
+        shutil.rmtree(path, ignore_errors=True)
     return 0
 
 

@@ -38,6 +38,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--walltime-s", type=float, default=None,
                     help="allocation walltime; the end is this long after the worker starts (if no --ends-at)")
     ap.add_argument("--walltime-grace-s", type=float, default=60.0)
+    ap.add_argument("--scratch", type=Path, default=None,
+                    help="node-local directory (e.g. /dev/shm or $TMPDIR) where payloads run; their outputs, "
+                         "non-empty logs (everything, if they fail) move to the shared job directory at the end")
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
 
@@ -53,11 +56,21 @@ def main(argv: list[str]) -> int:
     local_ranks = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
     cores = args.cores_per_rank or max(1, (os.cpu_count() or 1) // local_ranks)
     memory = args.memory_per_rank_mb or psutil.virtual_memory().total // local_ranks // 2**20
-    executor = Executor(rank=rank, cores=cores, memory_mb=memory)
+    scratch = None
+    if args.scratch is not None:
+        scratch = args.scratch / f"hpc-edge-{args.worker_id}-rank{rank}"
+        try:
+            scratch.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            logging.getLogger(__name__).error("rank %d: scratch directory %s: %s", rank, scratch, exc)
+            comm.Abort(2)
+    executor = Executor(rank=rank, cores=cores, memory_mb=memory, scratch=None if scratch is None else str(scratch))
     if executor.watchdog:
         from .watchdog import shared_memory_files
 
         executor.watchdog.guard_files(shared_memory_files())
+        if scratch is not None:
+            executor.watchdog.guard_tree(str(scratch))
     infos = comm.gather(RankInfo(rank=rank, host=socket.gethostname(), cores=cores, memory_mb=memory), root=0)
     if rank != 0:
         from .rank import rank_loop

@@ -16,7 +16,8 @@ from tests.helpers import HPC_EDGE, jobs_by, processes_under, query, scalar, wai
 pytestmark = [pytest.mark.mpi, pytest.mark.fault]
 
 
-def test_killed_mpi_job_leaves_no_payload_and_loses_no_job(tmp_path):
+@pytest.mark.parametrize("on_scratch", [False, True], ids=["shared-dir", "scratch"])
+def test_killed_mpi_job_leaves_no_payload_and_loses_no_job(tmp_path, on_scratch):
     ran = tmp_path / "ran.log"
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -30,8 +31,10 @@ tasks:
     max_attempts: 1
 """)
     data = tmp_path / "run"
+    scratch = tmp_path / "node-local"
     proc = subprocess.Popen([*HPC_EDGE, "run", workload, "--ranks", "2", "--cores-per-rank", "3", "--data-dir", data,
-                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--json", *(["--scratch", str(scratch)] if on_scratch else [])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: scalar(data, "SELECT count(*) FROM jobs WHERE state='running'") == 6, 120, "6 payloads running")
         payloads = [psutil.Process(pid) for (pid,) in query(data, "SELECT pid FROM jobs")]
@@ -45,6 +48,9 @@ tasks:
                  "the dead ranks' payloads killed by their watchdogs")
         wait_for(lambda: not any(os.path.exists(f) for f in segments), 60,
                  "the killed MPI job's shared memory removed by the watchdogs")
+        if on_scratch:
+            wait_for(lambda: not any(p.name.startswith("hpc-edge-local-00001-") for p in scratch.iterdir()), 60,
+                     "the killed ranks' scratch directories removed by the watchdogs")
         out, err = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
@@ -56,3 +62,6 @@ tasks:
     assert query(data, "SELECT DISTINCT error_code FROM attempts WHERE state='closed'") == [(1040,)]
     assert Counter(int(x) for x in ran.read_text().split()) == Counter({j: 1 for j in jobs})
     assert processes_under(data) == []
+    if on_scratch:
+        assert processes_under(scratch) == []
+        assert list(scratch.iterdir()) == []

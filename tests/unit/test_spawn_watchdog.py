@@ -97,3 +97,17 @@ def test_watchdog_removes_guarded_files_once_the_rank_is_gone(tmp_path):
     assert wd.proc.wait(timeout=30) == 0
     assert not segment.exists()
     assert all(p.startswith("/dev/shm/") for p in shared_memory_files())
+
+
+def test_watchdog_removes_the_ranks_scratch_tree_once_the_rank_is_gone(tmp_path):
+    scratch = tmp_path / "hpc-edge-w-rank1"
+    (scratch / "12.1" / "deep").mkdir(parents=True)
+    (scratch / "12.1" / "deep" / "partial.out").write_bytes(b"x" * 1000)
+    other = tmp_path / "not-guarded"
+    other.mkdir()
+    wd = Watchdog()
+    wd.guard_tree(str(scratch))
+    wd.proc.stdin.close()  # the rank is gone
+    assert wd.proc.wait(timeout=30) == 0
+    assert not scratch.exists()
+    assert other.exists()
