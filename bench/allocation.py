@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -79,15 +78,12 @@ def run_once(ctx: Context, jobs: dict[int, list[float]], order: list[int], seed:
     wl = where / "workload.yaml"
     wl.write_text(workload_yaml(jobs, order, seed))
     data = where / "data"
-    try:
-        got = timed([HPC_EDGE, "run", wl, "--ranks", RANKS, "--cores-per-rank", CORES_PER_RANK, "--json",
-                     "--data-dir", data, "--fresh"], cwd=where, timeout=3600)
-        if got.returncode != 0:
-            raise BenchError(f"hpc-edge run exited {got.returncode}: {tail(got.stderr)}")
-        summary = last_json_line(got.stdout)
-        rows = read_store(data)
-    finally:
-        shutil.rmtree(where, ignore_errors=True)
+    got = timed([HPC_EDGE, "run", wl, "--ranks", RANKS, "--cores-per-rank", CORES_PER_RANK, "--json",
+                 "--data-dir", data, "--fresh"], cwd=where, timeout=3600)
+    if got.returncode != 0:
+        raise BenchError(f"hpc-edge run exited {got.returncode}: {tail(got.stderr)}")
+    summary = last_json_line(got.stdout)
+    rows = read_store(data)
     n = sum(len(v) for v in jobs.values())
     if len(rows) != n or any(r[4] != "finished" for r in rows):
         raise BenchError(f"{sum(r[4] == 'finished' for r in rows)} of {n} jobs finished: {summary['states']}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import shlex
-import shutil
 import threading
 import time
 
@@ -78,17 +77,14 @@ def run_ranges(ctx: Context, n_ranges: int, jobs: int, tag: str) -> tuple[float,
     where = ctx.scratch(f"eventservice-{tag}")
     wl = where / "ranges.yaml"
     wl.write_text(workload_yaml(n_ranges, jobs))
-    try:
-        got = timed([HPC_EDGE, "run", wl, "--ranks", 2, "--json", "--data-dir", where / "data", "--fresh"],
-                    cwd=where, timeout=7200)
-        if got.returncode != 0:
-            raise BenchError(f"hpc-edge run exited {got.returncode}: {tail(got.stderr)}")
-        summary = last_json_line(got.stdout)
-        if not summary.get("ok"):
-            raise BenchError(f"not every job finished: {summary.get('states')}")
-        return n_ranges / got.wall_s, n_ranges / float(summary["elapsed_s"])
-    finally:
-        shutil.rmtree(where, ignore_errors=True)
+    got = timed([HPC_EDGE, "run", wl, "--ranks", 2, "--json", "--data-dir", where / "data", "--fresh"],
+                cwd=where, timeout=7200)
+    if got.returncode != 0:
+        raise BenchError(f"hpc-edge run exited {got.returncode}: {tail(got.stderr)}")
+    summary = last_json_line(got.stdout)
+    if not summary.get("ok"):
+        raise BenchError(f"not every job finished: {summary.get('states')}")
+    return n_ranges / got.wall_s, n_ranges / float(summary["elapsed_s"])
 
 
 def zmq_pingpong(n: int) -> dict:
@@ -141,13 +137,10 @@ def file_creation(ctx: Context, n: int, tag: str) -> float:
     """Empty files created per second by one Python loop in one new directory of the scratch disk:
     the do-nothing payload's own work per range, so the ceiling this disk puts on it today."""
     where = ctx.scratch(f"files-{tag}")
-    try:
-        t0 = time.perf_counter()
-        for i in range(n):
-            open(where / f"{i}.out", "wb").close()
-        return n / (time.perf_counter() - t0)
-    finally:
-        shutil.rmtree(where, ignore_errors=True)
+    t0 = time.perf_counter()
+    for i in range(n):
+        open(where / f"{i}.out", "wb").close()
+    return n / (time.perf_counter() - t0)
 
 
 def run(ctx: Context) -> list[Record]:

@@ -79,7 +79,6 @@ def run_ours(ctx: Context, n: int, ranks: int, tag: str, profile: Path | None = 
             raise BenchError(f"hpc-edge run finished {finished} of {n} jobs: {summary['states']}")
         return got.wall_s, float(summary["elapsed_s"])
     finally:
-        shutil.rmtree(where, ignore_errors=True)
         if node_local is not None:
             shutil.rmtree(node_local / tag, ignore_errors=True)
 
@@ -87,20 +86,17 @@ def run_ours(ctx: Context, n: int, ranks: int, tag: str, profile: Path | None = 
 def run_peer(ctx: Context, peer: str, n: int, procs: int, tag: str) -> tuple[float, float]:
     """(wall-clock of the peer's script, its timed phase)."""
     where = ctx.scratch(f"peer-{peer}-{tag}")
-    try:
-        if peer == "parsl_htex":
-            argv = [PEERS_PYTHON, PEERS / "parsl_true.py", n, procs, where / "runinfo"]
-            env = peers_env()
-        else:
-            script = {"raw_subprocess": "raw_true.py", "process_pool": "pool_true.py"}[peer]
-            argv, env = [sys.executable, PEERS / script, n, procs], None
-        got = timed(argv, cwd=where, env=env, timeout=3600)
-        if got.returncode != 0:
-            raise BenchError(f"{peer} exited {got.returncode}: {tail(got.stderr)}")
-        out = last_json_line(got.stdout)
-        return got.wall_s, float(out["inner_s"])
-    finally:
-        shutil.rmtree(where, ignore_errors=True)
+    if peer == "parsl_htex":
+        argv = [PEERS_PYTHON, PEERS / "parsl_true.py", n, procs, where / "runinfo"]
+        env = peers_env()
+    else:
+        script = {"raw_subprocess": "raw_true.py", "process_pool": "pool_true.py"}[peer]
+        argv, env = [sys.executable, PEERS / script, n, procs], None
+    got = timed(argv, cwd=where, env=env, timeout=3600)
+    if got.returncode != 0:
+        raise BenchError(f"{peer} exited {got.returncode}: {tail(got.stderr)}")
+    out = last_json_line(got.stdout)
+    return got.wall_s, float(out["inner_s"])
 
 
 def sizes(ctx: Context) -> list[int]:

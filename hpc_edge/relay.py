@@ -252,7 +252,7 @@ class Relay:
         self.req += 1
         remaining = None if self.cfg.ends_at is None else self.cfg.ends_at - time.time()
         if not jobs_due:
-            holes, want = [], 0
+            holes = []
         self.holes_asked = tuple(self.rank_load) if holes else None
         cores = sum(holes) + max(0, extra)
         self.send(p.Request(req=self.req, cores=cores, max_job_cores=max(r.cores for r in self.ranks),
