@@ -278,15 +278,17 @@ class Executor:
                         os.makedirs(os.path.dirname(dst), exist_ok=True)
                     shutil.move(os.path.join(src, name), dst)
         except OSError as exc:
+            # what is left stays on scratch (until the worker ends) for whoever looks into it
             logger.warning("rank %d: job %d: moving its files from scratch failed: %s", self.rank, spec.job_id, exc)
             if event.state == "finished":
                 event = self._event(spec, "failed", event.t, **{
                     **{k: getattr(event, k) for k in ("pid", "start_time", "end_time", "wall_s", "cpu_s",
                                                       "max_rss_kb", "exit_code", "files")},
                     "error_code": ErrorCode.STAGEOUT_FAILED,
-                    "error_diag": f"moving its files from scratch to {spec.workdir} failed: {exc}"[:4000]})
-        finally:
-            shutil.rmtree(src, ignore_errors=True)
+                    "error_diag": f"moving its files from scratch to {spec.workdir} failed ({exc}); what is left "
+                                  f"stays in {src} on {self.host} until the worker ends"[:4000]})
+            return event
+        shutil.rmtree(src, ignore_errors=True)
         return event
 
     def _judge(self, run: Running, code: int, usage) -> JobEvent:
