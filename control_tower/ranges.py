@@ -126,13 +126,13 @@ class RangeBook:
             specs.append(self.job_spec(es, task_name, task))
             if es.state == "activated":
                 self.set_job(es, "running", now)
-            files, construct, prefix = task.files, p.RangeSpec.model_construct, f"{es.task_id}-{job_id}-"
+            files, construct, prefix = task.files, p.make_range_spec, f"{es.task_id}-{job_id}-"
             while es.ready and n > 0:
                 idx = es.ready.popleft()
                 attempt = es.attempts.get(idx, 1)
                 file_idx, first, last = es.geometry[idx]
                 f = files[file_idx] if files else None
-                # built here from checked parts: no validation needed (model_construct)
+                # built here from checked parts: no validation needed
                 ranges.append(construct(range_id=f"{prefix}{file_idx}-{idx}-{attempt}", job_id=job_id,
                                         first_event=first, last_event=last, lfn=f.name if f else "",
                                         guid=f.guid if f else "", scope=f.scope if f else ""))

@@ -28,13 +28,12 @@ from pathlib import Path
 
 from . import eventservice as es
 from .errors import ErrorCode
-from .protocol import JobSpec, RangeEvent, RangeSpec
+from .protocol import JobSpec, RangeEvent, RangeSpec, make_range_event
 
 logger = logging.getLogger(__name__)
 
 BATCH_WINDOW_S = 0.02  # a list of ranges should keep a payload busy about this long ...
 MAX_BATCH = 256        # ... and hold at most this many
-_UNSET = dict.fromkeys(("output", "size", "cpu_s", "wall_s", "exit_code", "signal", "error_code", "error_diag"))
 
 
 class ESProcess:
@@ -233,7 +232,6 @@ class EventRunner:
                               error_diag=f"range output {name[:1000]} {why}")
         area = os.path.join(proc.spec.output_dir or workdir, "ranges")
         dest = os.path.join(area, r.range_id + os.path.splitext(name)[1])
-        event = self.event(r, "finished", cpu_s=report.cpu_s, wall_s=report.wall_s)
         try:
             if area not in self._made:
                 os.makedirs(area, exist_ok=True)
@@ -241,13 +239,14 @@ class EventRunner:
             os.rename(src, dest)
         except OSError as exc:
             if exc.errno == errno.EXDEV:  # another filesystem: copying may take a while, off the loop
-                self.stage_out.submit(event, Path(src), Path(dest))
+                self.stage_out.submit(self.event(r, "finished", cpu_s=report.cpu_s, wall_s=report.wall_s),
+                                      Path(src), Path(dest))
                 return None
-            event.state, event.error_code = "failed", int(ErrorCode.STAGEOUT_FAILED)
-            event.error_diag = f"stage-out of {src} to {dest} failed: {exc}"
-            return event
-        event.output, event.size = dest, size if size is not None else os.stat(dest).st_size
-        return event
+            return self.event(r, "failed", cpu_s=report.cpu_s, wall_s=report.wall_s,
+                              error_code=int(ErrorCode.STAGEOUT_FAILED),
+                              error_diag=f"stage-out of {src} to {dest} failed: {exc}"[:4000])
+        return self.event(r, "finished", cpu_s=report.cpu_s, wall_s=report.wall_s, output=dest,
+                          size=size if size is not None else os.stat(dest).st_size)
 
     def batch_size(self, job_id: int) -> int:
         """Ranges to send in one list: one until a few are reported, then about BATCH_WINDOW_S of work."""
@@ -373,8 +372,8 @@ class EventRunner:
     def event(self, r: RangeSpec, state: str, **kw) -> RangeEvent:
         # built here from checked values (texts from the payload are cut to the wire's limits); the
         # tower validates every event it receives
-        return RangeEvent.model_construct(range_id=r.range_id, job_id=r.job_id, state=state, t=time.time(),
-                                          rank=self.ex.rank, host=self.ex.host, **{**_UNSET, **kw})
+        return make_range_event(range_id=r.range_id, job_id=r.job_id, state=state, t=time.time(),
+                                rank=self.ex.rank, host=self.ex.host, **kw)
 
 
 def _killpg(pid: int, sig: int) -> None:

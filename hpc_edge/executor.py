@@ -26,7 +26,7 @@ from .monitor import REPORT_NAME, Progress, check, read_job_report
 from .spawn import Spawner
 from .watchdog import Watchdog
 from .esrunner import EventRunner
-from .protocol import FileInfo, JobEvent, JobSpec, RangeEvent
+from .protocol import FileInfo, JobEvent, JobSpec, RangeEvent, make_job_event
 
 logger = logging.getLogger(__name__)
 
@@ -364,10 +364,8 @@ class Executor:
 
     def _event(self, spec: JobSpec, state: str, t: float, **kw) -> JobEvent:
         # built by this module from checked values; the tower validates every event it receives
-        # (files is always given: pydantic would inspect its default factory's signature each time)
-        kw.setdefault("files", [])
-        return JobEvent.model_construct(job_id=spec.job_id, dispatch=spec.dispatch, state=state, t=t,
-                                        rank=self.rank, host=self.host, **kw)
+        return make_job_event(job_id=spec.job_id, dispatch=spec.dispatch, state=state, t=t, rank=self.rank,
+                              host=self.host, **kw)
 
 
 def _size(path: str) -> int:
