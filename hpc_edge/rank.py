@@ -127,13 +127,15 @@ def rank_loop(comm, executor: Executor) -> None:
             stopping = True
             events += executor.kill_all(ErrorCode.WORKER_STOPPED, "worker terminated (SIGTERM)")
         events += executor.step()
+        freed = any(type(e) is JobEvent and e.state != "running" for e in events)
         if events:
             if not outbox:
                 since = time.monotonic()
             outbox += events
-        # batch what goes to the relay: at most one message per BATCH_S, or sooner when it fills
+        # batch what goes to the relay: at most one message per BATCH_S, or sooner when it fills, or
+        # at once when a job ended and left cores with nothing queued for them (the relay refills them)
         if outbox and (stopping or len(outbox) >= BATCH_MAX or time.monotonic() - since >= BATCH_S
-                       or not executor.busy):
+                       or not executor.busy or (freed and not executor.queue and executor.free_cores > 0)):
             rank_send_events(comm, outbox)
             outbox = []
         if stopping and not executor.busy:
