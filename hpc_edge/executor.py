@@ -283,7 +283,7 @@ class Executor:
             if event.state == "finished":
                 event = self._event(spec, "failed", event.t, **{
                     **{k: getattr(event, k) for k in ("pid", "start_time", "end_time", "wall_s", "cpu_s",
-                                                      "max_rss_kb", "exit_code", "files")},
+                                                      "max_rss_kb", "exit_code", "files", "report")},
                     "error_code": ErrorCode.STAGEOUT_FAILED,
                     "error_diag": f"moving its files from scratch to {spec.workdir} failed ({exc}); what is left "
                                   f"stays in {src} on {self.host} until the worker ends"[:4000]})
