@@ -300,8 +300,20 @@ class Executor:
         )
         exit_code, sig = (code, None) if code >= 0 else (None, -code)
         if run.stop_reason is not None:
-            return self._event(spec, _stop_state(run.stop_reason), end, exit_code=exit_code, signal=sig,
-                               error_code=run.stop_reason, error_diag=run.stop_diag, **measures)
+            stopped = self._event(spec, _stop_state(run.stop_reason), end, exit_code=exit_code, signal=sig,
+                                  error_code=run.stop_reason, error_diag=run.stop_diag, **measures)
+            if code != 0 or run.stop_reason not in _PREEMPTIONS:
+                return stopped
+            # it exited 0 as its worker was stopping: if it did all that a finished job does (it may
+            # have ended just before the signal, or ignored it), it finished and must not run again;
+            # otherwise it was preempted, without using an attempt
+            judged = self._judge_exit(run, end, exit_code, sig, dict(measures))
+            return judged if judged.state == "finished" else stopped
+        return self._judge_exit(run, end, exit_code, sig, measures)
+
+    def _judge_exit(self, run: Running, end: float, exit_code: int | None, sig: int | None,
+                    measures: dict) -> JobEvent:
+        spec = run.spec
         report, refused = read_job_report(run.workdir)
         if refused:
             logger.warning("rank %d: job %d: %s", self.rank, spec.job_id, refused)
@@ -406,6 +418,9 @@ def check_outputs(workdir: str | Path, outputs: list[str]) -> tuple[list[FileInf
         if size == 0:
             return files, (ErrorCode.OUTPUT_EMPTY, f"expected output {name} is empty")
     return files, None
+
+
+_PREEMPTIONS = (ErrorCode.WORKER_STOPPED, ErrorCode.WALLTIME_PREEMPTED)
 
 
 def _stop_state(reason: ErrorCode) -> str:
