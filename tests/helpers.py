@@ -106,3 +106,27 @@ provision_interval_s: 0.5
 queues: [{{name: local, launcher: local, ranks_per_node: 2, cores_per_rank: 1}}]
 """, "site.yaml")
     return home, {"HPC_EDGE_HOME": str(home)}, site
+
+
+SHM = Path("/dev/shm")
+
+
+def mpi_segments() -> set[Path]:
+    """MPICH's shared-memory files (named in /dev/shm; MPI_Finalize removes them)."""
+    return set(SHM.glob("mpich_shm_*"))
+
+
+def remove_orphan_segments(before: set[Path]) -> None:
+    """Remove MPICH shared-memory files made since ``before`` that no process maps any more: left by
+    ranks of a test's own MPI program that were killed (the product's workers have a watchdog)."""
+    new = {str(p) for p in mpi_segments() - before}
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        if not new:
+            return
+        try:
+            text = maps.read_text()
+        except OSError:
+            continue
+        new = {p for p in new if p not in text}
+    for path in new:
+        Path(path).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from launchers import WorkerSpec, get_launcher
+from tests.helpers import mpi_segments, remove_orphan_segments
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(300)]
 
@@ -39,6 +40,14 @@ sys.exit(int(sys.argv[2]))
 """
 
 SHELLS = {"pbs": "bash", "lsf": "sh"}
+
+
+@pytest.fixture(autouse=True)
+def no_orphan_segments():
+    """The test program's ranks are killed or exit early: remove the MPI shared memory they leave."""
+    before = mpi_segments()
+    yield
+    remove_orphan_segments(before)
 
 
 def start(system: str, workdir: Path, wait_s: float, exit_code: int = 0) -> subprocess.Popen:

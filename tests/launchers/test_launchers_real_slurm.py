@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from launchers import BatchState, WorkerSpec, get_launcher
+from tests.helpers import mpi_segments, remove_orphan_segments
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
@@ -47,11 +48,19 @@ comm.Barrier()
 
 @pytest.fixture
 def cleanup():
-    """Batch ids to scancel after the test, so a failing test leaves no waiting job behind."""
+    """Batch ids to scancel after the test, so a failing test leaves no waiting job behind; then the
+    shared-memory files of MPI ranks that Slurm killed (this test's rank program has no watchdog:
+    the product's workers do), which MPICH names in /dev/shm and removes only in MPI_Finalize."""
+    before = mpi_segments()
     ids: list[str] = []
     yield ids
     if ids:
         subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and subprocess.run(
+                ["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True, timeout=30).stdout.strip():
+            time.sleep(0.2)
+    remove_orphan_segments(before)
 
 
 def rank_spec(workdir: Path, ranks: int = 4, mode: str = "done", wait_s: int = 240, **changes) -> WorkerSpec:
