@@ -120,9 +120,7 @@ class Dispatcher:
                 break
             slot = self.tasks[task_id]
             queue = self.ready[task_id]
-            if not queue or slot.cores > max_job_cores or slot.memory_mb > max_job_memory_mb:
-                continue
-            if remaining_s is not None and slot.walltime_s + self.walltime_margin_s > remaining_s:
+            if not queue or not self._fits(slot, max_job_cores, max_job_memory_mb, remaining_s):
                 continue
             withdrawn = self._withdrawn
             per_job = slot.cores
@@ -154,10 +152,7 @@ class Dispatcher:
     def _take_one(self, max_cores: int, max_memory_mb: int, remaining_s: float | None) -> tuple[int, int] | None:
         """The first ready job, in dispatch order, that fits ``max_cores`` (withdrawn ones skipped)."""
         for _, _, task_id in self._order:
-            slot = self.tasks[task_id]
-            if not self._live[task_id] or slot.cores > max_cores or slot.memory_mb > max_memory_mb:
-                continue
-            if remaining_s is not None and slot.walltime_s + self.walltime_margin_s > remaining_s:
+            if not self._live[task_id] or not self._fits(self.tasks[task_id], max_cores, max_memory_mb, remaining_s):
                 continue
             queue = self.ready[task_id]
             while queue:
@@ -174,18 +169,21 @@ class Dispatcher:
                 return task_id, first
         return None
 
+    def _fits(self, slot: TaskSlot, max_cores: int, max_memory_mb: int, remaining_s: float | None) -> bool:
+        """Whether a task's jobs fit a rank this size with this much time left."""
+        return slot.cores <= max_cores and slot.memory_mb <= max_memory_mb and (
+            remaining_s is None or slot.walltime_s + self.walltime_margin_s <= remaining_s)
+
     def ready_cores(self) -> int:
         """Cores the ready jobs need, all together."""
         return sum(n * self.tasks[t].cores for t, n in self._live.items())
 
     def fits_any(self, max_job_cores: int, max_job_memory_mb: int, remaining_s: float | None = None) -> bool:
         """Whether any ready job could run on a worker this size with this much time left."""
-        return any(self._live[t] > 0 and s.cores <= max_job_cores and s.memory_mb <= max_job_memory_mb
-                   and (remaining_s is None or s.walltime_s + self.walltime_margin_s <= remaining_s)
+        return any(self._live[t] > 0 and self._fits(s, max_job_cores, max_job_memory_mb, remaining_s)
                    for t, s in self.tasks.items())
 
     def unfit_tasks(self, max_job_cores: int, max_job_memory_mb: int, remaining_s: float | None) -> list[int]:
         """Tasks with ready jobs that a worker this size could never run."""
-        return [t for t, s in self.tasks.items() if self._live[t] > 0 and (
-            s.cores > max_job_cores or s.memory_mb > max_job_memory_mb
-            or (remaining_s is not None and s.walltime_s + self.walltime_margin_s > remaining_s))]
+        return [t for t, s in self.tasks.items()
+                if self._live[t] > 0 and not self._fits(s, max_job_cores, max_job_memory_mb, remaining_s)]

@@ -37,7 +37,7 @@ MAX_BATCH = 256        # ... and hold at most this many
 
 
 class ESProcess:
-    """One event-service payload process and the range it is working on."""
+    """One event-service payload process and the ranges it was sent and has not reported."""
 
     def __init__(self, spec: JobSpec, workdir: Path, proc: subprocess.Popen, out):
         self.spec, self.workdir, self.proc, self.out = spec, workdir, proc, out

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PLUGIN_CODE_RANGE, ErrorCode
-from .monitor import REPORT_NAME, Progress, check, read_job_report
+from .monitor import REPORT_NAME, Progress, check, file_size, read_job_report
 from .spawn import Spawner
 from .watchdog import Watchdog
 from .esrunner import EventRunner
@@ -61,7 +61,7 @@ class Running:
     pid: int
     start_time: float
     start_mono: float
-    workdir: str = ""  # where it runs: the job's directory, or one on the rank's scratch
+    workdir: str  # where it runs: the job's directory, or one on the rank's scratch
     stop_reason: ErrorCode | None = None
     stop_diag: str = ""
     sigterm_at: float | None = None
@@ -263,10 +263,9 @@ class Executor:
         directory is not even created (no metadata traffic on the shared filesystem for it)."""
         spec, src = run.spec, run.workdir
         try:
-            if event.state == "finished":
-                names = [*spec.outputs, REPORT_NAME]
-                names += [n for n in (STDOUT_NAME, STDERR_NAME) if _size(os.path.join(src, n))]
-                names = [n for n in names if os.path.lexists(os.path.join(src, n))]
+            if event.state == "finished":  # its outputs are there (or it would have failed)
+                names = [*spec.outputs, *(n for n in (REPORT_NAME,) if os.path.lexists(os.path.join(src, n))),
+                         *(n for n in (STDOUT_NAME, STDERR_NAME) if file_size(os.path.join(src, n)))]
             else:
                 names = os.listdir(src)
             if names:
@@ -280,10 +279,8 @@ class Executor:
             # what is left stays on scratch (until the worker ends) for whoever looks into it
             logger.warning("rank %d: job %d: moving its files from scratch failed: %s", self.rank, spec.job_id, exc)
             if event.state == "finished":
-                event = self._event(spec, "failed", event.t, **{
-                    **{k: getattr(event, k) for k in ("pid", "start_time", "end_time", "wall_s", "cpu_s",
-                                                      "max_rss_kb", "exit_code", "files", "report")},
-                    "error_code": ErrorCode.STAGEOUT_FAILED,
+                event = event.model_copy(update={
+                    "state": "failed", "error_code": ErrorCode.STAGEOUT_FAILED,
                     "error_diag": f"moving its files from scratch to {spec.workdir} failed ({exc}); what is left "
                                   f"stays in {src} on {self.host} until the worker ends"[:4000]})
             return event
@@ -377,13 +374,6 @@ class Executor:
         # built by this module from checked values; the tower validates every event it receives
         return make_job_event(job_id=spec.job_id, dispatch=spec.dispatch, state=state, t=t, rank=self.rank,
                               host=self.host, **kw)
-
-
-def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
 
 
 def make_workdir(path: str, first: bool = False) -> None:

@@ -65,9 +65,9 @@ def dir_bytes(path: Path, cap: int | None = None) -> int:
 def check(run, now: float) -> tuple[ErrorCode, str] | None:
     """The first limit a running payload breaks, with a diagnostic; None if it is within them all."""
     limits = run.spec.limits
-    workdir = Path(run.workdir or run.spec.workdir)
+    workdir = Path(run.workdir)
     cpu, rss = tree_usage(run.pid)
-    out = _size(workdir / "payload.stdout") + _size(workdir / "payload.stderr")
+    out = file_size(workdir / "payload.stdout") + file_size(workdir / "payload.stderr")
     progress: Progress = run.progress
     if cpu > progress.cpu_s + 0.01 or out != progress.output_bytes:
         progress.cpu_s, progress.output_bytes, progress.since = cpu, out, now
@@ -107,8 +107,9 @@ def read_job_report(workdir: str | Path) -> tuple[dict | None, str | None]:
     return report, None
 
 
-def _size(path: Path) -> int:
+def file_size(path: str | Path) -> int:
+    """A file's size; 0 if it is not there."""
     try:
-        return path.stat().st_size
+        return os.stat(path).st_size
     except OSError:
         return 0

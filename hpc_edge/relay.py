@@ -364,7 +364,7 @@ class Relay:
         if not self.buffer or self.stop_reason:
             return
         depth = self.bind_depth()
-        room = max(info.cores * (1 + depth) - load for info, load in zip(self.ranks, self.rank_load))
+        room = self._room(depth)
         batches: dict[int, list[p.JobSpec]] = {}
         kept: deque[p.JobSpec] = deque()
         buffer = self.buffer
@@ -377,7 +377,7 @@ class Relay:
             batches.setdefault(rank, []).append(spec)
             self.held[spec.job_id] = (rank, spec.cores)
             self.rank_load[rank] += spec.cores
-            room = max(info.cores * (1 + depth) - load for info, load in zip(self.ranks, self.rank_load))
+            room = self._room(depth)
         kept.extend(buffer)
         self.buffer = kept
         for rank, specs in batches.items():
@@ -385,6 +385,10 @@ class Relay:
                 self.local.add(specs)
             else:
                 relay_send_work(self.comm, rank, specs)
+
+    def _room(self, depth: int) -> int:
+        """The most cores of jobs any rank may still be given (its cores, and ``depth`` rounds more)."""
+        return max(info.cores * (1 + depth) - load for info, load in zip(self.ranks, self.rank_load))
 
     def distribute_ranges(self) -> None:
         """Hand ranges to the ranks with the fewest per core, each up to its adaptive depth."""
