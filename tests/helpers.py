@@ -119,14 +119,15 @@ def mpi_segments() -> set[Path]:
 def remove_orphan_segments(before: set[Path]) -> None:
     """Remove MPICH shared-memory files made since ``before`` that no process maps any more: left by
     ranks of a test's own MPI program that were killed (the product's workers have a watchdog)."""
+    from hpc_edge.watchdog import shared_memory_files
+
     new = {str(p) for p in mpi_segments() - before}
+    if not new:
+        return
     for maps in Path("/proc").glob("[0-9]*/maps"):
-        if not new:
-            return
         try:
-            text = maps.read_text()
+            new -= set(shared_memory_files(str(maps)))
         except OSError:
-            continue
-        new = {p for p in new if p not in text}
+            continue  # the process is gone
     for path in new:
         Path(path).unlink(missing_ok=True)
