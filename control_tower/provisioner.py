@@ -120,10 +120,12 @@ class Provisioner:
         return all(q.launcher == "local" for q in self.queues)
 
     # ---- the cycle ----------------------------------------------------------------------------
-    async def cycle(self) -> None:
+    async def cycle(self, coming: list[tuple[int, int, int]] | None = None) -> None:
+        """Watch the workers, then submit those the work needs. ``coming``: (cores, memory_mb, jobs or
+        ranges) of tasks about to be stored, counted as if they were (a worker starts while they are)."""
         await self.watch()
         if self.enabled and not self.tower.stopping:
-            await self.submit_needed()
+            await self.submit_needed(coming or [])
 
     async def watch(self) -> None:
         """Ask each launcher about its live workers; end those the batch system says are gone."""
@@ -192,8 +194,8 @@ class Provisioner:
         except LauncherError as exc:
             logger.error("provisioner: %s", exc)
 
-    async def submit_needed(self) -> None:
-        if not len(self.tower.dispatcher) and not self.tower.ranges.ready_count:
+    async def submit_needed(self, coming: list[tuple[int, int, int]] = ()) -> None:
+        if not len(self.tower.dispatcher) and not self.tower.ranges.ready_count and not coming:
             return
         live = self.tower.store.workers(live_only=True)
         unfit = None
@@ -203,13 +205,14 @@ class Provisioner:
             here = set(self.tower.dispatcher.unfit_tasks(queue.cores_per_rank, memory, usable))
             unfit = here if unfit is None else unfit & here
             if not self.tower.dispatcher.fits_any(queue.cores_per_rank, memory, usable) and \
-                    not self.tower.ranges.fits_any(queue.cores_per_rank, memory):
+                    not self.tower.ranges.fits_any(queue.cores_per_rank, memory) and \
+                    not any(cores <= queue.cores_per_rank and mem <= memory for cores, mem, _ in coming):
                 continue
             mine = [w for w in live if w["queue"] == queue.name]
             waiting = [w for w in mine if w["state"] in ("submitted", "queued")]
             if len(mine) >= queue.max_running or len(waiting) >= queue.max_queued:
                 continue
-            await self.submit(queue)
+            await self.submit(queue, sum(cores * n for cores, _, n in coming))
         self.warn_unfit(unfit or set())
 
     def warn_unfit(self, task_ids: set[int]) -> None:
@@ -222,12 +225,12 @@ class Provisioner:
             logger.error(why)
             self.tower.store.log("task", detail=why)
 
-    async def submit(self, queue: QueueConfig) -> str:
+    async def submit(self, queue: QueueConfig, coming_cores: int = 0) -> str:
         store = self.tower.store
         n = int(store.get_meta("workers_submitted") or 0) + 1
         store.set_meta("workers_submitted", str(n))
         worker_id = f"{queue.name}-{n:05d}"
-        nodes = queue.nodes_for(self.tower.dispatcher.ready_cores() + self.tower.ranges.ready_count)
+        nodes = queue.nodes_for(self.tower.dispatcher.ready_cores() + self.tower.ranges.ready_count + coming_cores)
         spec = self.worker_spec(queue, worker_id, nodes)
         store.add_worker(worker_id, queue.launcher, queue.name, nodes, spec.ranks,
                          spec.ranks * queue.cores_per_rank, queue.walltime)

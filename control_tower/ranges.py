@@ -19,7 +19,7 @@ from hpc_edge import protocol as p
 from hpc_edge.errors import ErrorCode
 
 from .jobs import JobBook, counts_as_attempt
-from .workload import TaskSpec, render_command
+from .workload import RangeGrid, TaskSpec, render_command
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class ESJob:
     task_id: int
     idx: int
     total: int
-    geometry: list[tuple[int, int, int]]  # per range: (file index, first event, last event)
+    geometry: RangeGrid  # per range: (file index, first event, last event)
     ready: deque = field(default_factory=deque)
     counts: Counter = field(default_factory=Counter)
     attempts: dict[int, int] = field(default_factory=dict)  # range idx -> attempt (when > 1)
@@ -54,24 +54,29 @@ class RangeBook:
         self.stale_events = 0
 
     # ---- loading ------------------------------------------------------------------------------
-    def add_task(self, task_id: int, spec: TaskSpec) -> None:
-        """Load (or reload after a restart) the ranges of an event-service task."""
-        jobs: dict[int, ESJob] = {}
-        idx_of = {j: i for j, i in self.store.db.execute("SELECT job_id, idx FROM jobs WHERE task_id=?", (task_id,))}
-        states = {j: s for j, s in self.store.db.execute("SELECT job_id, state FROM jobs WHERE task_id=?", (task_id,))}
-        for job_id, n, state, attempt, worker_id, file_idx, first, last in self.store.range_states(task_id):
-            es = jobs.get(job_id)
-            if es is None:
-                es = jobs[job_id] = ESJob(job_id, task_id, idx_of[job_id], 0, [], state=states[job_id])
-            es.geometry.append((file_idx, first, last))
-            es.total += 1
-            if attempt > 1:
-                es.attempts[n] = attempt
-            if state in ("assigned", "running"):
-                self._hold(worker_id, job_id, n, attempt, state)
-            if state == "ready":
-                es.ready.append(n)
-            es.counts[state] += 1
+    def add_task(self, task_id: int, spec: TaskSpec, fresh: bool = False) -> None:
+        """Load the ranges of an event-service task: ``fresh`` just stored (all ready), else reloaded
+        after a restart with each range's state from the store. Where each range lies comes from the
+        spec, which fixed it when the task was stored."""
+        rows = self.store.db.execute("SELECT job_id, idx, state FROM jobs WHERE task_id=? ORDER BY job_id",
+                                     (task_id,)).fetchall()
+        jobs = {job_id: ESJob(job_id, task_id, idx, 0, spec.job_grid(idx), state=state) for job_id, idx, state in rows}
+        for es in jobs.values():
+            es.total = len(es.geometry)
+        if fresh:
+            for es in jobs.values():
+                es.ready.extend(range(es.total))
+                es.counts["ready"] = es.total
+        else:
+            for job_id, n, state, attempt, worker_id in self.store.range_states(task_id):
+                es = jobs[job_id]
+                if attempt > 1:
+                    es.attempts[n] = attempt
+                if state in ("assigned", "running"):
+                    self._hold(worker_id, job_id, n, attempt, state)
+                if state == "ready":
+                    es.ready.append(n)
+                es.counts[state] += 1
         for job_id, es in jobs.items():
             self.es[job_id] = es
             self.order.append(job_id)

@@ -87,11 +87,9 @@ def run_workload(workload: Workload, opts: RunOptions, console: Console) -> tupl
                       provision_interval_s=0.5, log_level=opts.log_level)
     service.open()
     try:
-        if not resumed:
-            service.add_workload(workload)
-        check_fits(service, queue)
+        check_fits(service, queue, workload, resumed)
         started = time.monotonic()
-        asyncio.run(_serve(service, opts, console))
+        asyncio.run(_serve(service, opts, console, None if resumed else workload))
         elapsed = time.monotonic() - started
         summary = summarize(service, workload, elapsed, resumed)
     finally:
@@ -103,15 +101,18 @@ def run_workload(workload: Workload, opts: RunOptions, console: Console) -> tupl
     return summary, 0 if summary["ok"] else 1
 
 
-def check_fits(service: Service, queue: QueueConfig) -> None:
-    for _, (name, spec) in service.tower.book.tasks.items():
+def check_fits(service: Service, queue: QueueConfig, workload: Workload, resumed: bool) -> None:
+    specs = [spec for _, (_, spec) in service.tower.book.tasks.items()] if resumed else workload.tasks
+    for spec in specs:
+        name = spec.name
         if spec.cores > queue.cores_per_rank:
             raise ServiceError(f"task {name!r} needs {spec.cores} cores per job but ranks have "
                                f"{queue.cores_per_rank}; run with --cores-per-rank {spec.cores}")
 
 
-async def _serve(service: Service, opts: RunOptions, console: Console) -> None:
-    await service.start()
+async def _serve(service: Service, opts: RunOptions, console: Console, workload: Workload | None) -> None:
+    """Serve until every job is final; a fresh ``workload`` is stored once its worker is on its way."""
+    await service.start(workload)
     service.install_signal_handlers()
     book = service.tower.book
     total = sum(spec.n_jobs for _, spec in book.tasks.values())

@@ -77,15 +77,29 @@ class Service:
             task_id = self.store.add_task(task, workload.name)
             self.tower.book.add_task(task_id, task.name, task)
             if task.event_service:
-                self.tower.ranges.add_task(task_id, task)
+                self.tower.ranges.add_task(task_id, task, fresh=True)
             ids.append(task_id)
         return ids
 
-    async def start(self) -> None:
+    async def start(self, workload: Workload | None = None) -> None:
+        """Listen for relays, send out the first workers, then serve the API. A ``workload`` given
+        here is stored after its first worker is on its way: a worker takes longer to start (MPI,
+        the ranks' imports) than a big workload takes to store, and the relay's first messages wait
+        in the socket until the tower reads them, after the workload is stored and committed."""
         await self.tower.start()
         # workers of an earlier life that are gone: their jobs return; then the first workers go out
         # before the API starts, so their start-up overlaps with ours
-        await self.provisioner.cycle()
+        coming = None
+        if workload is not None:
+            coming = [(t.cores, t.memory_mb, t.n_jobs if not t.event_service else
+                       sum(len(t.job_grid(i)) for i in range(t.n_jobs))) for t in workload.tasks]
+        await self.provisioner.cycle(coming)
+        if workload is not None:
+            try:
+                self.add_workload(workload)
+            except BaseException:
+                await self.shutdown()  # the worker just sent out is stopped, not left running
+                raise
         if self.api_bind:
             from .api import start_api
 

@@ -165,7 +165,7 @@ class Store:
                 rows = []
         self._insert_jobs(rows)
         if spec.event_service:
-            self._insert_ranges(task_id, spec, chunk)
+            self._insert_ranges(task_id, spec)
         self.log("task", detail=f"task {spec.name} added with {spec.n_jobs} jobs")
         self.commit()
         return task_id
@@ -174,25 +174,24 @@ class Store:
         self.db.executemany(
             "INSERT INTO jobs (task_id, idx, inputs, state, updated) VALUES (?,?,?,'activated',?)", rows)
 
-    def _insert_ranges(self, task_id: int, spec: TaskSpec, chunk: int) -> None:
-        rows = []
+    def _insert_ranges(self, task_id: int, spec: TaskSpec) -> None:
+        """Every range of every job, ready: generated inside SQLite (a recursive CTE per job), so a
+        million ranges cost no Python loop."""
         jobs = self.db.execute("SELECT job_id, idx FROM jobs WHERE task_id=? ORDER BY idx", (task_id,)).fetchall()
         for job_id, idx in jobs:
-            for n, (file_idx, _lfn, _guid, _scope, first, last) in enumerate(spec.job_ranges(idx)):
-                rows.append((job_id, n, task_id, file_idx, first, last))
-                if len(rows) >= chunk:
-                    self._flush_ranges(rows)
-                    rows = []
-        self._flush_ranges(rows)
-
-    def _flush_ranges(self, rows: list[tuple]) -> None:
-        self.db.executemany("INSERT INTO ranges (job_id, range_idx, task_id, file_idx, first_event, last_event,"
-                            " state) VALUES (?,?,?,?,?,?,'ready')", rows)
+            g = spec.job_grid(idx)
+            self.db.execute(
+                "WITH RECURSIVE r(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM r WHERE n + 1 < :count) "
+                "INSERT INTO ranges (job_id, range_idx, task_id, file_idx, first_event, last_event, state) "
+                "SELECT :job, n, :task, :file, :first + n * :step, min(:last, :first + n * :step + :step - 1),"
+                " 'ready' FROM r",
+                {"count": len(g), "job": job_id, "task": task_id, "file": g.file_idx, "first": g.first,
+                 "last": g.last, "step": g.step})
 
     def range_states(self, task_id: int) -> Iterable[tuple]:
-        """(job_id, range_idx, state, attempt, worker_id, file_idx, first, last) of a task's ranges."""
-        return self.db.execute("SELECT job_id, range_idx, state, attempt, worker_id, file_idx, first_event,"
-                               " last_event FROM ranges WHERE task_id=? ORDER BY job_id, range_idx", (task_id,))
+        """(job_id, range_idx, state, attempt, worker_id) of a task's ranges."""
+        return self.db.execute("SELECT job_id, range_idx, state, attempt, worker_id FROM ranges WHERE task_id=?"
+                               " ORDER BY job_id, range_idx", (task_id,))
 
     def assign_ranges(self, rows: list[tuple]) -> None:
         """rows: (attempt, worker_id, updated, job_id, range_idx) of ranges handed to a worker."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -232,17 +233,19 @@ class TaskSpec(BaseModel):
         return [i if isinstance(i, str) else i.name
                 for i in self.inputs[index * self.files_per_job:(index + 1) * self.files_per_job]]
 
+    def job_grid(self, index: int) -> RangeGrid:
+        """The ranges of event-service job ``index``: (file index, first event, last event) by range index."""
+        if self.files is not None:
+            return RangeGrid(index, 0, self.files[index].events - 1, self.events_per_range)
+        per_job = self.events_per_job or self.events
+        return RangeGrid(0, index * per_job, min(self.events, (index + 1) * per_job) - 1, self.events_per_range)
+
     def job_ranges(self, index: int):
         """(file index, lfn, guid, scope, first event, last event) of each range of job ``index``."""
-        if self.files is not None:
-            f = self.files[index]
-            first, last, file_idx, lfn, guid, scope = 0, f.events - 1, index, f.name, f.guid, f.scope
-        else:
-            per_job = self.events_per_job or self.events
-            first, last = index * per_job, min(self.events, (index + 1) * per_job) - 1
-            file_idx, lfn, guid, scope = 0, "", "", ""
-        for start in range(first, last + 1, self.events_per_range):
-            yield file_idx, lfn, guid, scope, start, min(last, start + self.events_per_range - 1)
+        f = self.files[index] if self.files is not None else None
+        lfn, guid, scope = (f.name, f.guid, f.scope) if f else ("", "", "")
+        for file_idx, first, last in self.job_grid(index):
+            yield file_idx, lfn, guid, scope, first, last
 
 
 class Workload(BaseModel):
@@ -259,6 +262,36 @@ class Workload(BaseModel):
                 raise ValueError(f"two tasks are named {task.name!r}")
             seen.add(task.name)
         return self
+
+
+@dataclass(frozen=True)
+class RangeGrid(Sequence):
+    """The ranges of one event-service job: events ``first..last`` of one file in steps of ``step``.
+
+    A sequence of (file index, first event, last event), computed on indexing: a job of a million
+    ranges costs five integers, not a million tuples."""
+
+    file_idx: int
+    first: int
+    last: int
+    step: int
+
+    def __len__(self) -> int:
+        return (self.last - self.first) // self.step + 1
+
+    def __getitem__(self, n):
+        if isinstance(n, slice):
+            return [self[i] for i in range(*n.indices(len(self)))]
+        if n < 0:
+            n += len(self)
+        if not 0 <= n < len(self):
+            raise IndexError(n)
+        start = self.first + n * self.step
+        return self.file_idx, start, min(self.last, start + self.step - 1)
+
+    def __iter__(self):
+        for start in range(self.first, self.last + 1, self.step):
+            yield self.file_idx, start, min(self.last, start + self.step - 1)
 
 
 @dataclass(frozen=True)

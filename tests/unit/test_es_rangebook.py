@@ -52,7 +52,7 @@ class Tower:
         """As control_tower/service.py adds a workload's task."""
         task_id = self.store.add_task(spec, workload)
         self.jobs.add_task(task_id, spec.name, spec)
-        self.ranges.add_task(task_id, spec)
+        self.ranges.add_task(task_id, spec, fresh=True)
         return task_id
 
     def load(self) -> "Tower":
@@ -118,6 +118,41 @@ def test_adding_an_event_service_task_stores_its_ranges_ready(tower):
     assert tower.ranges.ready_count == 5
     assert len(tower.dispatcher) == 0  # event-service jobs are not dispatched whole
     tower.check_counts()
+
+
+@pytest.mark.parametrize("spec", [
+    es_task(),
+    es_task(events=1000, events_per_job=333, events_per_range=7),
+    es_task(events=5, events_per_job=None, events_per_range=1),
+    es_task(events=None, events_per_job=None, events_per_range=4,
+            files=[{"name": "a.root", "events": 9}, {"name": "b.root", "events": 4}, {"name": "c.root", "events": 1}]),
+], ids=["small", "uneven", "one-job", "files"])
+def test_stored_ranges_and_the_fresh_book_match_the_spec_and_a_reload(tmp_path, spec):
+    fresh = Tower(tmp_path / "tower.db", tmp_path)
+    task_id = fresh.add(spec)
+    rows = fresh.store.db.execute("SELECT job_id, range_idx, file_idx, first_event, last_event FROM ranges"
+                                  " ORDER BY job_id, range_idx").fetchall()
+    expected = [(job_id, n, f, first, last) for job_id, idx in
+                fresh.store.db.execute("SELECT job_id, idx FROM jobs ORDER BY job_id").fetchall()
+                for n, (f, _, _, _, first, last) in enumerate(spec.job_ranges(idx))]
+    assert rows == expected
+    assert sum(last - first + 1 for *_, first, last in rows) == (spec.events or sum(f.events for f in spec.files))
+    fresh.save()
+
+    again = Tower(tmp_path / "tower.db", tmp_path).load()
+
+    assert again.ranges.es.keys() == fresh.ranges.es.keys()
+    for job_id, a in again.ranges.es.items():
+        b = fresh.ranges.es[job_id]
+        assert (a.task_id, a.idx, a.total, a.state, list(a.ready), list(a.geometry)) == \
+            (b.task_id, b.idx, b.total, b.state, list(b.ready), list(b.geometry))
+        assert {s: n for s, n in a.counts.items() if n} == {s: n for s, n in b.counts.items() if n} == \
+            {"ready": a.total}
+    handed_out = [r.range_id for r in again.ranges.take("w1", 10**6)[0]]
+    again.store.db.rollback()  # one writer at a time: the first tower takes the same next
+    again.store.close()
+    assert handed_out == [r.range_id for r in fresh.ranges.take("w1", 10**6)[0]]
+    fresh.store.close()
 
 
 def test_a_plain_task_stores_no_ranges(tower):
