@@ -10,6 +10,7 @@ range of a job is final the job is ``merging`` (its outputs are merged off the l
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -131,20 +132,24 @@ class RangeBook:
             specs.append(self.job_spec(es, task_name, task))
             if es.state == "activated":
                 self.set_job(es, "running", now)
-            files, construct, prefix = task.files, p.make_range_spec, f"{es.task_id}-{job_id}-"
-            while es.ready and n > 0:
-                idx = es.ready.popleft()
-                attempt = es.attempts.get(idx, 1)
-                file_idx, first, last = es.geometry[idx]
-                f = files[file_idx] if files else None
+            g, construct = es.geometry, p.make_range_spec
+            f = task.files[g.file_idx] if task.files else None
+            lfn, guid, scope = (f.name, f.guid, f.scope) if f else ("", "", "")
+            prefix, attempts, ready = f"{es.task_id}-{job_id}-{g.file_idx}-", es.attempts, es.ready
+            take = min(n, len(ready))
+            for _ in range(take):
+                idx = ready.popleft()
+                attempt = attempts.get(idx, 1)
+                first = g.first + idx * g.step  # the grid's range idx, computed inline (hot loop)
                 # built here from checked parts: no validation needed
-                ranges.append(construct(range_id=f"{prefix}{file_idx}-{idx}-{attempt}", job_id=job_id,
-                                        first_event=first, last_event=last, lfn=f.name if f else "",
-                                        guid=f.guid if f else "", scope=f.scope if f else ""))
+                ranges.append(construct(range_id=f"{prefix}{idx}-{attempt}", job_id=job_id, first_event=first,
+                                        last_event=min(g.last, first + g.step - 1), lfn=lfn, guid=guid,
+                                        scope=scope))
                 self._hold(worker_id, job_id, idx, attempt, "assigned")
-                self._count(es, "ready", "assigned")
                 self._assigns.append((attempt, worker_id, now, job_id, idx))
-                n -= 1
+            es.counts["ready"] -= take
+            es.counts["assigned"] += take
+            n -= take
         return ranges, specs
 
     def job_spec(self, es: ESJob, task_name: str, task: TaskSpec) -> p.JobSpec:
@@ -209,7 +214,7 @@ class RangeBook:
         for job_id, idx in keys:
             attempt = self.held[(job_id, idx)][1]
             es = self.es[job_id]
-            e = p.RangeEvent(range_id=f"{es.task_id}-{job_id}-{es.geometry[idx][0]}-{idx}-{attempt}", job_id=job_id,
+            e = p.RangeEvent(range_id=f"{es.task_id}-{job_id}-{es.geometry.file_idx}-{idx}-{attempt}", job_id=job_id,
                              state="preempted", t=now, error_code=int(code), error_diag=diag)
             self.end_range(es, idx, "preempted", e, worker_id)
         self.by_worker.pop(worker_id, None)
@@ -222,7 +227,7 @@ class RangeBook:
         for job_id, idx in sorted(self.by_worker.get(worker_id, ())):
             _, attempt, _ = self.held[(job_id, idx)]
             es = self.es[job_id]
-            range_id = f"{es.task_id}-{job_id}-{es.geometry[idx][0]}-{idx}-{attempt}"
+            range_id = f"{es.task_id}-{job_id}-{es.geometry.file_idx}-{idx}-{attempt}"
             if range_id not in holding:
                 e = p.RangeEvent(range_id=range_id, job_id=job_id, state="preempted", t=now,
                                  error_code=int(ErrorCode.LOST_WORKER), error_diag="assigned but not received")
@@ -260,9 +265,12 @@ class RangeBook:
         return total
 
 
+_RANGE_ID = re.compile(r"[0-9]+-([0-9]+)-[0-9]+-([0-9]+)-([0-9]+)")
+
+
 def parse_range_id(range_id: str) -> tuple[int, int, int] | None:
     """(job id, range index, attempt) from ``task-job-file-range-attempt``, or None if malformed."""
-    parts = range_id.split("-")
-    if len(parts) != 5 or not all(x.isdigit() for x in parts):
+    m = _RANGE_ID.fullmatch(range_id)
+    if m is None:
         return None
-    return int(parts[1]), int(parts[3]), int(parts[4])
+    return int(m[1]), int(m[2]), int(m[3])

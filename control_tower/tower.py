@@ -371,7 +371,8 @@ class Tower:
             job_id = self.ranges.to_merge.pop(0)
             es = self.ranges.es[job_id]
             name = self.book.tasks[es.task_id][0]
-            parts = [Part(f"{es.task_id}-{job_id}-{es.geometry[idx][0]}-{idx}-{attempt}", first, last, out)
+            prefix = f"{es.task_id}-{job_id}-{es.geometry.file_idx}-"
+            parts = [Part(f"{prefix}{idx}-{attempt}", first, last, out)
                      for idx, attempt, first, last, out in self.store.finished_ranges(job_id)]
             out_dir = self.ranges.output_dir(name, job_id)
             self.merges[job_id] = asyncio.get_running_loop().run_in_executor(

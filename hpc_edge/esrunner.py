@@ -41,6 +41,8 @@ class ESProcess:
 
     def __init__(self, spec: JobSpec, workdir: Path, proc: subprocess.Popen, out):
         self.spec, self.workdir, self.proc, self.out = spec, workdir, proc, out
+        self.dir = str(workdir)  # the payload's directory and the job's output area, as strings: a
+        self.area = os.path.join(spec.output_dir or self.dir, "ranges")  # finished range's output is moved there
         self.state = "starting"  # starting | ready | busy | closing
         self.inflight: dict[str, RangeSpec] = {}  # sent and not yet reported, in the order sent
         self.started_at = 0.0  # when the range now in flight started (the list's send, or the last report)
@@ -213,10 +215,10 @@ class EventRunner:
     def stage(self, proc: ESProcess, r: RangeSpec, report: es.Report) -> RangeEvent | None:
         """Move a finished range's output into the output area: a rename, or a copy by the thread."""
         name = report.output
-        workdir = str(proc.workdir)
+        workdir = proc.dir
         size = None
         if "/" not in name and name not in ("", ".", ".."):
-            src = os.path.join(workdir, name)  # one component in the payload's own directory: no link to follow
+            src = f"{workdir}/{name}"  # one component in the payload's own directory: no link to follow
             try:
                 st = os.lstat(src)
                 found, inside, size = True, stat.S_ISREG(st.st_mode), st.st_size
@@ -230,8 +232,8 @@ class EventRunner:
             why = "is outside the payload's directory" if found else "does not exist"
             return self.event(r, "failed", error_code=int(ErrorCode.OUTPUT_MISSING),
                               error_diag=f"range output {name[:1000]} {why}")
-        area = os.path.join(proc.spec.output_dir or workdir, "ranges")
-        dest = os.path.join(area, r.range_id + os.path.splitext(name)[1])
+        area = proc.area
+        dest = f"{area}/{r.range_id}{os.path.splitext(name)[1]}"
         try:
             if area not in self._made:
                 os.makedirs(area, exist_ok=True)

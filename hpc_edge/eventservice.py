@@ -72,9 +72,10 @@ class Report:
 def parse_report(line: str) -> Report | None:
     """A payload's stdout line as a range report, or None if it is ordinary output."""
     line = line.rstrip("\n")
-    m = _ERR.match(line)
-    if m:
-        return Report(m["id"], False, code=int(m["code"]), message=m["msg"])
+    if line.startswith("ERR,"):
+        m = _ERR.match(line)
+        if m:
+            return Report(m["id"], False, code=int(m["code"]), message=m["msg"])
     m = _DONE.match(line)
     if m:
         return Report(m["id"], True, output=m["path"], cpu_s=float(m["cpu"]), wall_s=float(m["wall"]))

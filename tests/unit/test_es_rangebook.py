@@ -605,3 +605,14 @@ class RangeBookMachine(RuleBasedStateMachine):
 
 TestRangeBookSequences = RangeBookMachine.TestCase
 TestRangeBookSequences.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("1-2-0-3-4", (2, 3, 4)), ("10-200-7-30000-12", (200, 30000, 12)),
+    ("1-2-0-3", None), ("1-2-0-3-4-5", None), ("1-2-0-3-x", None), ("1-2--3-4", None), ("", None),
+    (" 1-2-0-3-4", None), ("1-2-0-3-4\n", None), ("1-2-0-3-+4", None), ("1-2-0-3-\u0664", None),
+])
+def test_range_ids_are_read_strictly(text, parsed):
+    from control_tower.ranges import parse_range_id
+
+    assert parse_range_id(text) == parsed
