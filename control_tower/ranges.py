@@ -51,7 +51,7 @@ class RangeBook:
         self.worker_jobs: dict[str, set[int]] = {}
         self.to_merge: list[int] = []
         self._writes: list[tuple] = []
-        self._assigns: list[tuple] = []  # (attempt, worker_id, t, job_id, range_idx), written before _writes
+        self._assigns: list[list] = []  # [attempt, worker_id, t, job_id, first idx, last idx], written before _writes
         self.stale_events = 0
 
     # ---- loading ------------------------------------------------------------------------------
@@ -136,6 +136,7 @@ class RangeBook:
             f = task.files[g.file_idx] if task.files else None
             lfn, guid, scope = (f.name, f.guid, f.scope) if f else ("", "", "")
             prefix, attempts, ready = f"{es.task_id}-{job_id}-{g.file_idx}-", es.attempts, es.ready
+            assigns = self._assigns
             take = min(n, len(ready))
             for _ in range(take):
                 idx = ready.popleft()
@@ -146,7 +147,12 @@ class RangeBook:
                                         last_event=min(g.last, first + g.step - 1), lfn=lfn, guid=guid,
                                         scope=scope))
                 self._hold(worker_id, job_id, idx, attempt, "assigned")
-                self._assigns.append((attempt, worker_id, now, job_id, idx))
+                run = assigns[-1] if assigns else None
+                if run is not None and run[5] == idx - 1 and run[0] == attempt and run[3] == job_id \
+                        and run[1] == worker_id and run[2] == now:
+                    run[5] = idx  # consecutive ranges are written as one run
+                else:
+                    assigns.append([attempt, worker_id, now, job_id, idx, idx])
             es.counts["ready"] -= take
             es.counts["assigned"] += take
             n -= take

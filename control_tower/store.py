@@ -193,11 +193,13 @@ class Store:
         return self.db.execute("SELECT job_id, range_idx, state, attempt, worker_id FROM ranges WHERE task_id=?"
                                " ORDER BY job_id, range_idx", (task_id,))
 
-    def assign_ranges(self, rows: list[tuple]) -> None:
-        """rows: (attempt, worker_id, updated, job_id, range_idx) of ranges handed to a worker."""
+    def assign_ranges(self, runs: list) -> None:
+        """runs: (attempt, worker_id, updated, job_id, first range_idx, last range_idx) of ranges handed
+        to a worker, consecutive ones as one run (one statement for a whole list of ranges)."""
         self.db.executemany("UPDATE ranges SET state='assigned', attempt=?, worker_id=?, rank=NULL, host=NULL,"
                             " output=NULL, size=NULL, cpu_s=NULL, wall_s=NULL, exit_code=NULL, signal=NULL,"
-                            " error_code=NULL, error_diag=NULL, updated=? WHERE job_id=? AND range_idx=?", rows)
+                            " error_code=NULL, error_diag=NULL, updated=? WHERE job_id=? AND range_idx BETWEEN ? AND ?",
+                            runs)
 
     def set_ranges(self, rows: list[tuple]) -> None:
         """rows: (state, attempt, worker_id, rank, host, output, size, cpu_s, wall_s, exit_code, signal,

@@ -305,6 +305,22 @@ def test_a_range_failed_and_handed_out_again_before_a_commit_is_stored_as_handed
     tower.check_counts()
 
 
+def test_consecutive_ranges_of_other_attempts_or_workers_are_stored_each_as_handed_out(tower, monkeypatch):
+    # hand-outs are written as runs of consecutive ranges: a run must not swallow a neighbour with
+    # another attempt, or one handed to another worker at the same instant
+    monkeypatch.setattr("control_tower.ranges.time.time", lambda: 1000.0)
+    tower.add(es_task(events=6, events_per_job=6, events_per_range=1, max_attempts=3))
+    assert tower.take("w1", 2) == ["1-1-0-0-1", "1-1-0-1-1"]
+    tower.ranges.apply("w1", ev("1-1-0-1-1", "failed", error_code=2001, error_diag="bad event"))
+    assert tower.take("w2", 2) == ["1-1-0-1-2", "1-1-0-2-1"]
+    assert tower.take("w3", 2) == ["1-1-0-3-1", "1-1-0-4-1"]
+    tower.save()
+
+    assert tower.rows() == {(1, 0): ("assigned", 1, "w1"), (1, 1): ("assigned", 2, "w2"), (1, 2): ("assigned", 1, "w2"),
+                            (1, 3): ("assigned", 1, "w3"), (1, 4): ("assigned", 1, "w3"), (1, 5): ("ready", 1, None)}
+    tower.check_counts()
+
+
 @pytest.mark.parametrize("state, code", [
     ("preempted", ErrorCode.WALLTIME_PREEMPTED),
     ("preempted", ErrorCode.WORKER_STOPPED),
