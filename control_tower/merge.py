@@ -12,8 +12,8 @@ import gzip
 import logging
 import os
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +24,9 @@ class MergeError(Exception):
     """Range outputs could not be merged (missing file, mismatched datasets)."""
 
 
-@dataclass(frozen=True)
-class Part:
+class Part(NamedTuple):
+    """A finished range's output (a tuple: a job's merge makes one per range, on the tower's loop)."""
+
     range_id: str
     first_event: int
     last_event: int
