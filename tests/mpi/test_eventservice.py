@@ -168,3 +168,49 @@ tasks:
         with tarfile.open(data / "outputs" / "quick" / str(job_id) / f"quick.{job_id}.tgz") as tar:
             names.update(tar.getnames())
     assert len(names) == 20000
+
+
+def test_each_range_reaches_the_payload_with_its_file_guid_and_scope(tmp_path):
+    """The PanDA fields of a range (LFN, GUID, scope of its input file) travel tower -> relay -> rank
+    -> payload intact: the payload writes what it was given into the range's output."""
+    import json
+    import tarfile
+
+    payload = tmp_path / "echo.py"
+    payload.write_text("""
+from hpc_edge.eventservice import serve
+
+def echo(r):
+    with open(f"{r.range_id}.txt", "w") as f:
+        f.write(f"{r.lfn}|{r.guid}|{r.scope}|{r.first_event}|{r.last_event}")
+    return f"{r.range_id}.txt"
+
+serve(echo)
+""")
+    files = [{"name": "evgen.1.pool.root", "events": 7, "guid": "6B4C-11EE-A1", "scope": "mc23_13p6TeV"},
+             {"name": "evgen 2.root", "events": 5, "guid": "", "scope": ""}]
+    workload = write_workload(tmp_path, f"""
+name: fields
+tasks:
+  - name: fields
+    event_service: true
+    command: python {payload}
+    events_per_range: 3
+    files: {json.dumps(files)}
+    max_attempts: 1
+""")
+    data = tmp_path / "run"
+    code, summary = run_json("run", workload, "--ranks", "2", "--data-dir", data)
+    assert code == 0, summary
+    seen = {}
+    for job_id in (1, 2):
+        with tarfile.open(data / "outputs" / "fields" / str(job_id) / f"fields.{job_id}.tgz") as tar:
+            for member in tar.getmembers():
+                seen[member.name] = tar.extractfile(member).read().decode()
+    assert seen == {
+        "1-1-0-0-1.txt": "evgen.1.pool.root|6B4C-11EE-A1|mc23_13p6TeV|0|2",
+        "1-1-0-1-1.txt": "evgen.1.pool.root|6B4C-11EE-A1|mc23_13p6TeV|3|5",
+        "1-1-0-2-1.txt": "evgen.1.pool.root|6B4C-11EE-A1|mc23_13p6TeV|6|6",
+        "1-2-1-0-1.txt": "evgen 2.root|||0|2",
+        "1-2-1-1-1.txt": "evgen 2.root|||3|4",
+    }
