@@ -6,8 +6,10 @@
 Runs the benchmark's own workload (bench/throughput.py or bench/eventservice.py) once, 2 ranks,
 and polls every process of the run with psutil every 50 ms, keeping each one's last CPU times. Short
 payloads (``/bin/true``) end between polls: their CPU is read from the ranks' reaped-children times.
-Event-service payloads live long enough to be polled. The run's directory is kept (``--dir``, default
-a new one under /tmp): deleting many files slows this disk for minutes, so clean up when done.
+Event-service payloads live long enough to be polled. Then the run's milestones from its store
+(workload stored, worker submitted, relay's hello, first and last job or range, last merge, exit).
+The run's directory is kept (``--dir``, default a new one under /tmp): deleting many files slows
+this disk for minutes, so clean up when done.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def main(argv: list[str]) -> int:
                 "--fresh"]
     if args.scratch:
         argv_run += ["--scratch", str(args.scratch)]
-    t0 = time.monotonic()
+    t0, t0_epoch = time.monotonic(), time.time()
     proc = subprocess.Popen(argv_run, cwd=where, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     top = psutil.Process(proc.pid)
     last: dict[int, tuple[str, float, float, float, float]] = {}
@@ -90,7 +92,33 @@ def main(argv: list[str]) -> int:
     for kind, (user, system, n) in sorted(totals.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
         print(f"  {kind:32s} user {user:6.2f} s  system {system:6.2f} s  = {1e6 * (user + system) / args.n:6.1f} us "
               f"per {unit}" + (f"  ({n} processes seen)" if n else ""))
+    print("  timeline, seconds after the command started (from the run's store):")
+    for label, t in timeline(where / "data" / "store.sqlite", args.kind):
+        print(f"    {label:40s} {t - t0_epoch:7.2f}" if t is not None else f"    {label:40s}       -")
+    print(f"    {'the command exited':40s} {wall:7.2f}")
     return 0 if proc.returncode == 0 else 1
+
+
+def timeline(store: Path, kind: str) -> list[tuple[str, float | None]]:
+    """When the run's milestones happened (epoch seconds), read-only from its store."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        one = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
+        rows = [("workload stored", one("SELECT min(t) FROM events WHERE kind='task'")),
+                ("worker submitted", one("SELECT min(t) FROM events WHERE kind='worker' AND detail='submitted'")),
+                ("relay said hello", one("SELECT min(t) FROM events WHERE kind='worker' AND detail='running'"))]
+        if kind == "throughput":
+            rows += [("first job started", one("SELECT min(start_time) FROM jobs")),
+                     ("last job ended", one("SELECT max(end_time) FROM jobs"))]
+        else:
+            rows += [("first range ended", one("SELECT min(updated) FROM ranges")),
+                     ("last range ended", one("SELECT max(updated) FROM ranges")),
+                     ("last job merged (final)", one("SELECT max(updated) FROM jobs"))]
+        return rows
+    finally:
+        db.close()
 
 
 if __name__ == "__main__":
