@@ -61,9 +61,10 @@ class RangeBook:
         spec, which fixed it when the task was stored."""
         rows = self.store.db.execute("SELECT job_id, idx, state FROM jobs WHERE task_id=? ORDER BY job_id",
                                      (task_id,)).fetchall()
-        jobs = {job_id: ESJob(job_id, task_id, idx, 0, spec.job_grid(idx), state=state) for job_id, idx, state in rows}
-        for es in jobs.values():
-            es.total = len(es.geometry)
+        jobs: dict[int, ESJob] = {}
+        for job_id, idx, state in rows:
+            grid = spec.job_grid(idx)
+            jobs[job_id] = ESJob(job_id, task_id, idx, len(grid), grid, state=state)
         if fresh:
             for es in jobs.values():
                 es.ready.extend(range(es.total))
@@ -141,11 +142,10 @@ class RangeBook:
             for _ in range(take):
                 idx = ready.popleft()
                 attempt = attempts.get(idx, 1)
-                first = g.first + idx * g.step  # the grid's range idx, computed inline (hot loop)
+                first, last = g.events(idx)
                 # built here from checked parts: no validation needed
                 ranges.append(construct(range_id=f"{prefix}{idx}-{attempt}", job_id=job_id, first_event=first,
-                                        last_event=min(g.last, first + g.step - 1), lfn=lfn, guid=guid,
-                                        scope=scope))
+                                        last_event=last, lfn=lfn, guid=guid, scope=scope))
                 self._hold(worker_id, job_id, idx, attempt, "assigned")
                 run = assigns[-1] if assigns else None
                 if run is not None and run[5] == idx - 1 and run[0] == attempt and run[3] == job_id \
