@@ -265,8 +265,8 @@ class EventRunner:
             q = self.queues.get(proc.spec.job_id)
             if q:
                 batch = [q.popleft() for _ in range(min(len(q), self.batch_size(proc.spec.job_id)))]
-                line = json.dumps([{"eventRangeID": r.range_id, "startEvent": r.first_event, "lastEvent": r.last_event,
-                                    "LFN": r.lfn, "GUID": r.guid, "scope": r.scope} for r in batch])  # as to_panda
+                line = json.dumps([es.panda_range(r.range_id, r.first_event, r.last_event, r.lfn, r.guid, r.scope)
+                                   for r in batch])
                 if proc.send(line):
                     proc.state, proc.started_at = "busy", time.monotonic()
                     for r in batch:

@@ -33,6 +33,13 @@ FLUSH_S = 0.005  # serve(): range reports wait at most this long in the payload'
 PAYLOAD_ERROR = 2001  # default code of a range the payload reports as failed (experiment range)
 
 
+def panda_range(range_id: str, first_event: int, last_event: int, lfn: str = "", guid: str = "",
+                scope: str = "") -> dict:
+    """A range as the payload reads it, with PanDA's keys."""
+    return {"eventRangeID": range_id, "startEvent": first_event, "lastEvent": last_event, "LFN": lfn,
+            "GUID": guid, "scope": scope}
+
+
 @dataclass(frozen=True)
 class EventRange:
     range_id: str
@@ -47,8 +54,7 @@ class EventRange:
         return range(self.first_event, self.last_event + 1)
 
     def to_panda(self) -> dict:
-        return {"eventRangeID": self.range_id, "startEvent": self.first_event, "lastEvent": self.last_event,
-                "LFN": self.lfn, "GUID": self.guid, "scope": self.scope}
+        return panda_range(self.range_id, self.first_event, self.last_event, self.lfn, self.guid, self.scope)
 
     @classmethod
     def from_panda(cls, d: dict) -> "EventRange":
