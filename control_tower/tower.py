@@ -30,6 +30,7 @@ from .ranges import RangeBook
 from .store import Store
 
 logger = logging.getLogger(__name__)
+EARLY_ANSWER_S = 0.005
 
 
 class TowerConfig(BaseModel):
@@ -78,6 +79,7 @@ class Tower:
         self._raw = None                              # the ROUTER without asyncio's futures, for NOBLOCK calls
         self._seqs: dict[str, LiveWorker] = {}        # workers whose applied updates are not yet in the store
         self._next_expiry = 0.0
+        self._flushed_at = 0.0
         store.before_commit.append(self.write_seqs)  # whoever commits, the applied updates go with it
         self.started = time.time()
         self.stats = Counter()
@@ -144,7 +146,11 @@ class Tower:
             self._auth.stop()
 
     async def turn(self, timeout_ms: int = 200) -> None:
-        """One turn: read everything waiting, handle it, commit, reply."""
+        """One turn: read everything waiting, handle it, commit, reply.
+
+        A request is answered within the turn (commit, then send) rather than after it, at most once
+        every ``EARLY_ANSWER_S``: a relay whose ranks are running out waits for that answer, and a
+        turn that also applies thousands of range events from updates takes tens of milliseconds."""
         for worker_id, data in self.messenger.poll():
             self.handle_message(worker_id.encode(), data)
         if await self.sock.poll(timeout_ms, zmq.POLLIN):
@@ -156,15 +162,18 @@ class Tower:
                 except ValueError:
                     self.rejected["framing"] += 1
                     continue
-                self.handle_message(identity, data)
+                if self.handle_message(identity, data) == "request" and \
+                        time.monotonic() - self._flushed_at >= EARLY_ANSWER_S:
+                    self.flush()
         self.count_refused_connections()
         now = time.monotonic()
         if now >= self._next_expiry:  # a scan of every worker: not on each turn of a busy loop
             self._next_expiry = now + min(1.0, self.cfg.lost_after_s / 10)
             self.expire_lost_workers()
         self.book.release_backoffs()
-        self.run_merges()
+        self.collect_merges()
         self.flush()
+        self.start_merges()
 
     def count_refused_connections(self) -> None:
         """Clients that failed the CURVE handshake (no known key, or no CURVE at all): logged and counted."""
@@ -183,6 +192,7 @@ class Tower:
 
     def flush(self) -> None:
         """Commit, then send what waits for the commit."""
+        self._flushed_at = time.monotonic()
         self.ranges.flush()
         self.store.commit()  # writes the workers' applied updates first (write_seqs)
         outbox, self._outbox = self._outbox, []
@@ -200,22 +210,24 @@ class Tower:
         self._outbox.append((identity, p.encode(message)))
 
     # ---- messages ------------------------------------------------------------------------------
-    def handle_message(self, identity: bytes, data: bytes) -> None:
+    def handle_message(self, identity: bytes, data: bytes) -> str | None:
+        """Decode, check and handle one message; its kind if it was handled."""
         self.stats["messages"] += 1
         try:
             message = p.decode(data)
         except ProtocolError as exc:
             self.reject(identity, str(exc))
-            return
+            return None
         handler = getattr(self, f"handle_{message.kind}", None)
         if handler is None:
             self.reject(identity, f"a relay may not send {message.kind!r} messages")
-            return
+            return None
         worker_id = identity.decode(errors="replace")
         if message.kind != "hello" and worker_id not in self.workers:
             self.reject(identity, f"unknown worker {worker_id!r}: say hello first")
-            return
+            return None
         handler(identity, message)
+        return message.kind
 
     def reject(self, identity: bytes, error: str) -> None:
         self.rejected["messages"] += 1
@@ -359,24 +371,25 @@ class Tower:
                 self.worker_ended(live.worker_id, "lost", f"no message for {self.cfg.lost_after_s:.0f} s")
 
     # ---- event-service merges -----------------------------------------------------------------
-    def run_merges(self, max_parallel: int = 2) -> None:
-        """Start merges of jobs whose ranges are all final; finish the jobs whose merge is done."""
+    def collect_merges(self) -> None:
+        """Finish the jobs whose merge is done (their states go into this turn's commit)."""
         for job_id, future in list(self.merges.items()):
             if future.done():
                 del self.merges[job_id]
                 self.merged(job_id, future)
-        if self.ranges.to_merge:
-            self.ranges.flush()  # the ranges' final states, in this transaction, before reading them back
+
+    def start_merges(self, max_parallel: int = 2) -> None:
+        """Start merges of jobs whose ranges are all final and committed (call after a commit).
+
+        A merge thread reads the job's finished ranges itself, on a connection of its own: with
+        tens of thousands of ranges, reading them here would hold up every worker's request."""
         while self.ranges.to_merge and len(self.merges) < max_parallel:
             job_id = self.ranges.to_merge.pop(0)
             es = self.ranges.es[job_id]
             name = self.book.tasks[es.task_id][0]
-            prefix = f"{es.task_id}-{job_id}-{es.geometry.file_idx}-"
-            parts = [Part(f"{prefix}{idx}-{attempt}", first, last, out)
-                     for idx, attempt, first, last, out in self.store.finished_ranges(job_id)]
-            out_dir = self.ranges.output_dir(name, job_id)
             self.merges[job_id] = asyncio.get_running_loop().run_in_executor(
-                None, merge_parts, parts, out_dir, f"{name}.{job_id}") if parts else _done_future(None)
+                None, merge_job, self.store.path, job_id, f"{es.task_id}-{job_id}-{es.geometry.file_idx}-",
+                self.ranges.output_dir(name, job_id), f"{name}.{job_id}")
 
     def merged(self, job_id: int, future) -> None:
         es = self.ranges.es[job_id]
@@ -418,7 +431,9 @@ class Tower:
         }
 
 
-def _done_future(value):
-    future = asyncio.get_running_loop().create_future()
-    future.set_result(value)
-    return future
+def merge_job(store_path: Path, job_id: int, prefix: str, out_dir: Path, stem: str) -> Path | None:
+    """Merge a job's finished ranges (read from the store's committed state); None if it has none."""
+    parts = [Part(f"{prefix}{idx}-{attempt}", first, last, out)
+             for idx, attempt, first, last, out in Store.read_finished_ranges(store_path, job_id)]
+    return merge_parts(parts, out_dir, stem) if parts else None
+

@@ -88,6 +88,7 @@ class Relay:
         self.stopped_ranks: set[int] = set()
         self.mean_wall: float | None = None  # learnt from finished jobs
         self._signals: list[int] = []
+        self.payload_fds: set[int] = set()  # rank 0's event-service payloads' stdout, in the poller
         self._mpi_status = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -148,6 +149,7 @@ class Relay:
 
     def poll_tower(self) -> None:
         busy = self.pending or self.buffer or self.held or self.held_ranges or self.range_buffer
+        self.watch_payloads()
         events = dict(self.poller.poll(2 if busy else 10))
         if self.local.wakeup_fd() in events:
             self.local.drain_wakeups()
@@ -164,6 +166,17 @@ class Relay:
                 logger.error("relay %s: dropped a malformed message from the tower: %s", self.cfg.worker_id, exc)
                 continue
             getattr(self, f"handle_{message.kind}", self.handle_unexpected)(message)
+
+    def watch_payloads(self) -> None:
+        """Wake on this rank's event-service payloads' pipes too: one asking for ranges is fed at once,
+        not after the poll's timeout (a list of short ranges takes about as long as that timeout)."""
+        fds = set(self.local.es.fds())
+        if fds != self.payload_fds:
+            for fd in self.payload_fds - fds:
+                self.poller.unregister(fd)
+            for fd in fds - self.payload_fds:
+                self.poller.register(fd, zmq.POLLIN)
+            self.payload_fds = fds
 
     def handle_welcome(self, m: p.Welcome) -> None:
         self.welcomed = True

@@ -5,8 +5,12 @@ random sequences of events: ``test_es_rangebook_restart.py``."""
 
 from __future__ import annotations
 
+import tarfile
+
 import pytest
 
+from control_tower.store import Store
+from control_tower.tower import merge_job
 from control_tower.workload import TaskSpec
 from hpc_edge.errors import ErrorCode
 from tests.unit.rangebook_tower import Tower, es_task, ev
@@ -313,6 +317,29 @@ def test_events_from_a_released_worker_are_ignored(tower):
 
 
 # ---- jobs whose ranges are all final ----------------------------------------------------------
+
+def test_a_merge_reads_the_committed_ranges_on_a_connection_of_its_own(tower, tmp_path):
+    """The tower starts a job's merge after its commit; the merge thread reads the ranges itself."""
+    tower.add(es_task(max_attempts=1))
+    tower.take("w1", 5)
+    outs = {}
+    for rid in ("1-1-0-1-1", "1-1-0-0-1"):  # reported out of event order
+        outs[rid] = tmp_path / f"{rid}.out"
+        outs[rid].write_bytes(rid.encode())
+        tower.ranges.apply("w1", ev(rid, "finished", output=str(outs[rid]), size=len(rid)))
+    tower.ranges.flush()
+
+    assert Store.read_finished_ranges(tower.store.path, 1) == []  # written, not committed: not seen
+    tower.store.commit()
+    assert Store.read_finished_ranges(tower.store.path, 1) == [(0, 1, 0, 2, str(outs["1-1-0-0-1"])),
+                                                              (1, 1, 3, 3, str(outs["1-1-0-1-1"]))]
+
+    out = merge_job(tower.store.path, 1, "1-1-0-", tmp_path / "merged", "toysim.1")
+    with tarfile.open(out) as tar:
+        assert [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()] == \
+            [("1-1-0-0-1.out", b"1-1-0-0-1"), ("1-1-0-1-1.out", b"1-1-0-1-1")]
+    assert merge_job(tower.store.path, 2, "1-2-0-", tmp_path / "merged", "toysim.2") is None  # none finished
+
 
 def test_a_job_whose_ranges_are_all_final_goes_to_merging(tower):
     tower.add(es_task(max_attempts=1))

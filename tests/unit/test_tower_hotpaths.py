@@ -5,18 +5,21 @@ checkpoints taken off the loop."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections import deque
 
 import msgpack
 import pytest
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from control_tower.dispatcher import Dispatcher
 from control_tower.jobs import JobBook, event_fields
 from control_tower.store import Store
+from control_tower import tower as tower_module
 from control_tower.tower import Tower, TowerConfig
 from control_tower.workload import TaskSpec, render_command
 from hpc_edge import protocol as p
@@ -278,6 +281,52 @@ def test_a_commit_by_anyone_carries_the_applied_updates(store, tmp_path):
     other = sqlite3.connect(store.path)
     assert other.execute("SELECT last_seq, applied_above FROM workers").fetchone() == (0, "[2]")
     other.close()
+
+
+class Queued(Wire):
+    """Also stands in for the tower's receiving side: messages waiting in the socket for one turn."""
+
+    def __init__(self, store: Store, tower: Tower, waiting: list[tuple[bytes, bytes]]):
+        super().__init__(store)
+        self.tower, self.waiting = tower, list(waiting)
+
+    async def poll(self, timeout_ms, flags):
+        return bool(self.waiting)
+
+    def recv_multipart(self, flags=0, copy=True):
+        if not self.waiting:
+            raise zmq.Again()
+        return self.waiting.pop(0)
+
+    def send_multipart(self, frames, flags=0):
+        identity, data = frames
+        other = sqlite3.connect(self.store.path)  # what is committed
+        sent = other.execute("SELECT count(*) FROM jobs WHERE state='sent' AND worker_id=?",
+                             (identity.decode(),)).fetchone()[0]
+        other.close()
+        self.sent.append((msgpack.unpackb(data)["kind"], self.tower.stats["updates"], sent))
+
+
+def test_a_request_is_answered_before_the_updates_queued_behind_it_are_applied(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(tower_module, "EARLY_ANSWER_S", 0.0)  # not held back by the hello's flush just before
+    tower = Tower(store, TowerConfig(curve=False), tmp_path)
+    spec = TaskSpec(name="t", command="true", count=4, walltime=60)
+    tower.book.add_task(store.add_task(spec, "w"), "t", spec)
+    wire = tower._raw = tower.sock = tower.monitor = Queued(store, tower, [])
+    hello = p.Hello(worker_id="r1", ranks=[p.RankInfo(rank=0, host="h", cores=2, memory_mb=10)])
+    tower.handle_message(b"r1", p.encode(hello))
+    tower.flush()
+    update = p.Update(seq=1, events=[p.JobEvent(job_id=1, dispatch=1, state="running", t=1.0)])
+    wire.sent.clear()
+    wire.waiting = [(b"r1", p.encode(p.Request(req=1, cores=2, max_job_cores=2, max_job_memory_mb=10))),
+                    (b"r1", p.encode(update))]
+
+    asyncio.run(tower.turn(timeout_ms=0))
+
+    # the work went out committed (2 jobs 'sent' in the store) with no update applied yet; the ack
+    # after the update (job 1 now running), at the end of the turn
+    assert wire.sent == [("work", 0, 2), ("ack", 1, 1)]
+    assert tower.book.held_by("r1") == {1, 2}
 
 
 # ---- checkpoints off the loop -------------------------------------------------------------------
