@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -432,8 +433,12 @@ class Tower:
 
 
 def merge_job(store_path: Path, job_id: int, prefix: str, out_dir: Path, stem: str) -> Path | None:
-    """Merge a job's finished ranges (read from the store's committed state); None if it has none."""
-    parts = [Part(f"{prefix}{idx}-{attempt}", first, last, out)
-             for idx, attempt, first, last, out in Store.read_finished_ranges(store_path, job_id)]
+    """Merge a job's finished ranges (read from the store's committed state); None if it has none.
+    MergeError if they cannot be read or merged (the job fails with it; the tower goes on)."""
+    try:
+        rows = Store.read_finished_ranges(store_path, job_id)
+    except sqlite3.Error as exc:
+        raise MergeError(f"cannot read job {job_id}'s ranges from {store_path}: {exc}") from exc
+    parts = [Part(f"{prefix}{idx}-{attempt}", first, last, out) for idx, attempt, first, last, out in rows]
     return merge_parts(parts, out_dir, stem) if parts else None
 

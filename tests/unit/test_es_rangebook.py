@@ -9,6 +9,7 @@ import tarfile
 
 import pytest
 
+from control_tower.merge import MergeError
 from control_tower.store import Store
 from control_tower.tower import merge_job
 from control_tower.workload import TaskSpec
@@ -339,6 +340,8 @@ def test_a_merge_reads_the_committed_ranges_on_a_connection_of_its_own(tower, tm
         assert [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()] == \
             [("1-1-0-0-1.out", b"1-1-0-0-1"), ("1-1-0-1-1.out", b"1-1-0-1-1")]
     assert merge_job(tower.store.path, 2, "1-2-0-", tmp_path / "merged", "toysim.2") is None  # none finished
+    with pytest.raises(MergeError, match="cannot read job 1's ranges from"):  # fails the job, not the tower
+        merge_job(tmp_path / "no-such-store.db", 1, "1-1-0-", tmp_path / "merged", "toysim.1")
 
 
 def test_a_job_whose_ranges_are_all_final_goes_to_merging(tower):
