@@ -7,7 +7,8 @@ Hello; then Request for work, an Update(running) when a job "starts" and an Upda
 running and one prefetched. Job lengths are exponential with mean relays/job_rate, so the process
 finishes ``--job-rate`` jobs per second once every relay is busy (2 updates per job).
 
-It never resends: every Update must get its Ack, and those that do not are counted as lost.
+It never resends: every Update and every Heartbeat must get its Ack (a Heartbeat's has seq 0; the
+tower answers each relay's messages in order), and those that do not are counted as lost.
 
 Talks to the harness over stdin/stdout:  -> "READY {json}"  <- "GO duration_s warmup_s drain_s"
 -> "RESULT {json}".
@@ -101,6 +102,8 @@ class Sim:
         self.sent_updates = 0
         self.acks: list[tuple[float, float]] = []   # (send time since GO, latency s)
         self.hb_sent = self.hb_acked = 0
+        self.hb_out = [deque() for _ in range(n)]    # each relay's heartbeats not yet acked: send times
+        self.hb_lat: list[tuple[float, float]] = []  # (send time since GO, latency s)
         self.requests = self.works = self.no_works = self.jobs_got = 0
         self.jobs_started = self.jobs_finished = 0
         self.rejects: dict[str, int] = {}
@@ -155,8 +158,11 @@ class Sim:
                 sent = self.unacked[i].pop(seq, None)
                 if sent is not None:
                     self.acks.append((sent - self.go, now - sent))
-            else:
+            else:  # a heartbeat's (the tower answers a relay's messages in order)
                 self.hb_acked += 1
+                if self.hb_out[i]:
+                    sent = self.hb_out[i].popleft()
+                    self.hb_lat.append((sent - self.go, now - sent))
         elif kind == "work":
             self.works += 1
             self.req_out[i] = False
@@ -229,6 +235,7 @@ class Sim:
                 self.hb_sent += 1
                 self.send(i, dict(self.tpl.heartbeat, running=int(self.running[i] is not None),
                                   last_seq=self.seq[i]))
+                self.hb_out[i].append(time.monotonic())
                 self.schedule(t + self.args.heartbeat_s, HEARTBEAT, i)
             elif kind == RETRY:
                 self.request(i)
@@ -276,13 +283,14 @@ class Sim:
         self.accepting = False
         steady_end = time.monotonic() - self.go
         drain_deadline = time.monotonic() + drain_s
-        while any(self.unacked) and time.monotonic() < drain_deadline:
+        while (any(self.unacked) or any(self.hb_out)) and time.monotonic() < drain_deadline:
             self.pump(0.02)
             if time.monotonic() - last_sweep > 0.5:
                 self.sweep()
                 last_sweep = time.monotonic()
         drained = time.monotonic() - self.go - steady_end
         lost = sum(len(u) for u in self.unacked)
+        lost_heartbeats = sum(len(q) for q in self.hb_out)
         for i in range(len(self.socks)):
             self.send(i, self.tpl.bye)
         self.pump(0.5)
@@ -292,7 +300,8 @@ class Sim:
             "steady_s": steady_end, "drain_s": drained, "sent_updates": self.sent_updates,
             "acked_updates": len(self.acks), "lost_updates": lost,
             "acks": [(round(a, 5), round(b, 6)) for a, b in self.acks],
-            "heartbeats_sent": self.hb_sent, "heartbeat_acks": self.hb_acked, "requests": self.requests,
+            "heartbeats_sent": self.hb_sent, "heartbeat_acks": self.hb_acked, "lost_heartbeats": lost_heartbeats,
+            "heartbeat_lat": [(round(a, 5), round(b, 6)) for a, b in self.hb_lat], "requests": self.requests,
             "works": self.works, "no_works": self.no_works, "jobs_got": self.jobs_got,
             "jobs_started": self.jobs_started, "jobs_finished": self.jobs_finished, "rejects": self.rejects,
             "cpu_s": cpu, "lag_p99_s": lag[int(0.99 * (len(lag) - 1))] if lag else None,

@@ -9,8 +9,9 @@ Heartbeat every 30 s (phases spread out). Job lengths are exponential with a mea
 relays together finish ``JOB_RATE`` jobs/s, i.e. offer 2 x JOB_RATE updates/s.
 
 Figures: updates acknowledged per second in the steady window (after the start-up spread), Update ->
-Ack latency p50/p99 in that window, updates never acknowledged (the generator does not resend, so
-every missing Ack is a loss), the tower's CPU% (psutil, user+system over the window) and RSS. The
+Ack latency p50/p99 in that window, Heartbeat -> Ack latency p50/p99 in that window, updates and
+heartbeats never acknowledged (the generator does not resend, so every missing Ack is a loss), the
+tower's CPU% (psutil, user+system over the window) and RSS. The
 generators' own CPU and scheduling lag are reported too: on 2 cores they share the machine with
 the tower, and a lagging generator would understate the load.
 """
@@ -153,6 +154,7 @@ def one_repeat(ctx: Context, cfg: dict, i: int) -> dict:
         tower.kill()
     acks = [a for r in results for a in r["acks"]]
     window = [lat for sent, lat in acks if warmup <= sent < duration]            # latency: sent in the window
+    hb_window = [lat for r in results for sent, lat in r["heartbeat_lat"] if warmup <= sent < duration]
     acked_in_window = sum(1 for sent, lat in acks if warmup <= sent + lat < duration)  # rate: acked in it
     out = {
         "relays": relays, "welcomed": welcomed, "ramp_s": ramp_s, "warmup_s": warmup, "window_s": duration - warmup,
@@ -164,6 +166,8 @@ def one_repeat(ctx: Context, cfg: dict, i: int) -> dict:
         "latency_all_ms": stats([1000 * lat for _, lat in acks]),
         "heartbeats_sent": sum(r["heartbeats_sent"] for r in results),
         "heartbeat_acks": sum(r["heartbeat_acks"] for r in results),
+        "lost_heartbeats": sum(r["lost_heartbeats"] for r in results),
+        "heartbeat_latency_ms": stats([1000 * x for x in hb_window]),
         "requests": sum(r["requests"] for r in results), "no_works": sum(r["no_works"] for r in results),
         "jobs_finished": sum(r["jobs_finished"] for r in results),
         "rejects": {k: v for r in results for k, v in r["rejects"].items()},
@@ -177,10 +181,21 @@ def one_repeat(ctx: Context, cfg: dict, i: int) -> dict:
     lat = out["latency_ms"]
     ctx.log(f"  {out['updates_per_s']:.0f} updates/s acked in the window; latency p50 "
             f"{lat.get('p50', float('nan')):.1f} ms p99 {lat.get('p99', float('nan')):.1f} ms; "
-            f"lost {out['lost_updates']} of {out['sent_updates']}; tower CPU {tower_cpu:.0f} %, RSS max "
+            f"lost {out['lost_updates']} of {out['sent_updates']}; heartbeats: p99 "
+            f"{out['heartbeat_latency_ms'].get('p99', float('nan')):.1f} ms, lost {out['lost_heartbeats']} of "
+            f"{out['heartbeats_sent']}; tower CPU {tower_cpu:.0f} %, RSS max "
             f"{out['tower_rss_max_mib']:.0f} MiB; generators CPU {gen_cpu:.0f} %, "
             f"lag p99 {out['generator_lag_p99_s']:.3f} s")
     return out
+
+
+def heartbeat_figure(runs: list[dict]) -> Figure:
+    """Heartbeat -> Ack p99 of each repeat with heartbeats in its window (p50 and counts in extra)."""
+    lat = [r["heartbeat_latency_ms"] for r in runs]
+    extra = {"p50": [x.get("p50") for x in lat], "in_window": [x["n"] for x in lat]}
+    if not any(x["n"] for x in lat):
+        return Figure("ms", [], extra, status="error: no heartbeat was sent in the steady window")
+    return Figure("ms", [x["p99"] for x in lat if x["n"]], extra)
 
 
 def run(ctx: Context) -> list[Record]:
@@ -211,6 +226,11 @@ def run(ctx: Context) -> list[Record]:
         Record(NAME, "Updates never acked (lost)", params, Figure("updates", [r["lost_updates"] for r in runs],
                {"sent": [r["sent_updates"] for r in runs]}),
                targets=[Target("0: every Update gets its Ack", "<=", 0)], label=label),
+        Record(NAME, "Heartbeat -> Ack latency p99 (steady window)", params, heartbeat_figure(runs),
+               label=label, notes="informational; heartbeats every 30 s per relay, phases spread out"),
+        Record(NAME, "Heartbeats never acked (lost)", params,
+               Figure("heartbeats", [r["lost_heartbeats"] for r in runs], {"sent": [r["heartbeats_sent"] for r in runs]}),
+               targets=[Target("0: every Heartbeat gets its Ack", "<=", 0)], label=label),
         Record(NAME, "tower CPU (user+system, steady window)", params, Figure("%", [r["tower_cpu_pct"] for r in runs],
                {"tower_state_shares": [r["tower_state_shares"] for r in runs],
                 "generators_cpu_pct": [round(r["generators_cpu_pct"], 1) for r in runs]}),

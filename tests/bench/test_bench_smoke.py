@@ -50,3 +50,24 @@ def test_quick_throughput_writes_well_formed_records(tmp_path):
     assert wall["targets"][0]["met"] in (True, False)   # raw ran, so this target was judged
     assert wall["targets"][1]["met"] is None            # Parsl skipped: not judged
     assert "throughput" in proc.stdout and str(files[0]) in proc.stdout.replace("\n", "")
+
+
+def test_quick_relays_reports_updates_and_heartbeats(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--only", "relays", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"bench/run.py exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    rows = {r["figure"]: r for r in (json.loads(line) for f in tmp_path.glob("*.jsonl")
+                                     for line in f.read_text().splitlines() if line.strip())}
+    for figure in ("relays connected and welcomed", "job updates acked per second (steady window)",
+                   "Update -> Ack latency p99 (steady window)", "Updates never acked (lost)",
+                   "Heartbeat -> Ack latency p99 (steady window)", "Heartbeats never acked (lost)"):
+        ours = rows[figure]["ours"]
+        assert ours["status"] == "ok" and ours["repeats"] == len(ours["values"]) == 1, (figure, ours)
+        assert rows[figure]["params"]["relays"] == 200
+    assert rows["relays connected and welcomed"]["ours"]["values"] == [200]
+    heartbeats = rows["Heartbeat -> Ack latency p99 (steady window)"]["ours"]
+    assert heartbeats["extra"]["in_window"][0] > 0 and heartbeats["median"] > 0  # heartbeats were sent, timed
+    lost = rows["Heartbeats never acked (lost)"]["ours"]
+    assert lost["extra"]["sent"][0] >= heartbeats["extra"]["in_window"][0]
+    assert [t["text"] for t in rows["Heartbeats never acked (lost)"]["targets"]] == ["0: every Heartbeat gets its Ack"]
