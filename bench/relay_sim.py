@@ -50,6 +50,7 @@ def parse_args(argv):
     ap.add_argument("--heartbeat-s", type=float, default=30.0)
     ap.add_argument("--ramp-batch", type=int, default=250)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--cpus", default="", help="comma-separated CPUs to run on (none: any)")
     return ap.parse_args(argv)
 
 
@@ -316,6 +317,8 @@ class Sim:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.cpus:  # before ZeroMQ starts its threads: they inherit it
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     raise_fd_limit()
     sim = Sim(args)
     ready = sim.ramp()

@@ -2,7 +2,8 @@
 
 The tower is started as a user would (``hpc-edge tower start``) with a site that has no queues, so it
 launches no real worker; a workload of ``/bin/true`` jobs is submitted for the simulated relays to
-take. Load generator processes (bench/relay_sim.py, 2,500 relays each) open one CURVE DEALER per
+take. The tower runs alone on one core (every thread pinned to the last CPU), the generators on the
+others. Load generator processes (bench/relay_sim.py, 2,500 relays each) open one CURVE DEALER per
 relay, say Hello (in batches: the ramp), then for a fixed time: each relay requests work, reports
 each job's start (Update running) and end (Update finished), keeps one job prefetched, sends a
 Heartbeat every 30 s (phases spread out). Job lengths are exponential with a mean chosen so the
@@ -67,14 +68,34 @@ class Sampler(threading.Thread):
         return {k: round(v / total, 3) for k, v in sorted(self.states.items())}
 
 
-def start_generators(tower: BenchTower, relays: int, job_rate: float, logs) -> list[subprocess.Popen]:
+def cpu_split() -> tuple[set[int], set[int]]:
+    """(the tower's CPU, the generators' CPUs): the tower alone on one core, the generators on the
+    others; both everything this process may use if that is a single CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return set(cpus), set(cpus)
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus`` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            pass  # a thread that just ended
+
+
+def start_generators(tower: BenchTower, relays: int, job_rate: float, logs,
+                     cpus: set[int]) -> list[subprocess.Popen]:
     n_gen = max(1, math.ceil(relays / PER_GENERATOR))
     gens = []
     for g in range(n_gen):
         share = relays // n_gen + (1 if g < relays % n_gen else 0)
         argv = [sys.executable, str(BENCH / "relay_sim.py"), "--address", tower.address,
                 "--keys", str(tower.home / "keys"), "--prefix", f"sim{g}", "--relays", str(share),
-                "--job-rate", str(job_rate * share / relays), "--seed", str(100 + g)]
+                "--job-rate", str(job_rate * share / relays), "--seed", str(100 + g),
+                "--cpus", ",".join(map(str, sorted(cpus)))]
         gens.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs, text=True))
     return gens
 
@@ -106,13 +127,15 @@ def one_repeat(ctx: Context, cfg: dict, i: int) -> dict:
     gens: list[subprocess.Popen] = []
     try:
         tower.start()
+        tower_cpus, gen_cpus = cpu_split()
+        pin(tower.proc.pid, tower_cpus)
         n_jobs = int(job_rate * (duration + 60)) + 3 * relays
         wall, err = tower.submit(write_true_workload(where / "workload.yaml", n_jobs, "bench-relays"))
         if err:
             raise BenchError(f"hpc-edge submit of {n_jobs} jobs failed: {err}")
         with open(where / "generators.log", "w") as logs:
             t0 = time.perf_counter()
-            gens = start_generators(tower, relays, job_rate, logs)
+            gens = start_generators(tower, relays, job_rate, logs, gen_cpus)
             ready = [read_tagged(g, "READY", 900) for g in gens]
             ramp_s = time.perf_counter() - t0
             welcomed = sum(r["welcomed"] for r in ready)
@@ -157,7 +180,8 @@ def one_repeat(ctx: Context, cfg: dict, i: int) -> dict:
     hb_window = [lat for r in results for sent, lat in r["heartbeat_lat"] if warmup <= sent < duration]
     acked_in_window = sum(1 for sent, lat in acks if warmup <= sent + lat < duration)  # rate: acked in it
     out = {
-        "relays": relays, "welcomed": welcomed, "ramp_s": ramp_s, "warmup_s": warmup, "window_s": duration - warmup,
+        "relays": relays, "welcomed": welcomed, "tower_cpus": sorted(tower_cpus),
+        "generator_cpus": sorted(gen_cpus), "ramp_s": ramp_s, "warmup_s": warmup, "window_s": duration - warmup,
         "updates_per_s": acked_in_window / (duration - warmup),
         "sent_updates": sum(r["sent_updates"] for r in results),
         "acked_updates": sum(r["acked_updates"] for r in results),

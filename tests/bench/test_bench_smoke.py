@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,6 @@ def test_quick_relays_reports_updates_and_heartbeats(tmp_path):
     lost = rows["Heartbeats never acked (lost)"]["ours"]
     assert lost["extra"]["sent"][0] >= heartbeats["extra"]["in_window"][0]
     assert [t["text"] for t in rows["Heartbeats never acked (lost)"]["targets"]] == ["0: every Heartbeat gets its Ack"]
+    run = rows["job updates acked per second (steady window)"]["ours"]["extra"]["runs"][0]
+    if len(os.sched_getaffinity(0)) >= 2:  # the tower alone on its core
+        assert len(run["tower_cpus"]) == 1 and not set(run["tower_cpus"]) & set(run["generator_cpus"])
