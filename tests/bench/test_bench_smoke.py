@@ -53,13 +53,34 @@ def test_quick_throughput_writes_well_formed_records(tmp_path):
     assert "throughput" in proc.stdout and str(files[0]) in proc.stdout.replace("\n", "")
 
 
-def test_quick_relays_reports_updates_and_heartbeats(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--only", "relays", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory):
+    """``bench/run.py --quick --no-parsl``: every benchmark, small (about a minute here), once for this module."""
+    out = tmp_path_factory.mktemp("bench-quick")
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--no-parsl", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"bench/run.py exited {proc.returncode}:\n{proc.stderr[-3000:]}"
-    rows = {r["figure"]: r for r in (json.loads(line) for f in tmp_path.glob("*.jsonl")
-                                     for line in f.read_text().splitlines() if line.strip())}
+    files = list(out.glob("*.jsonl"))
+    assert len(files) == 1, f"expected one results file, found {files}"
+    return [json.loads(line) for line in files[0].read_text().splitlines() if line.strip()]
+
+
+def test_quick_bench_runs_every_benchmark(quick_bench):
+    figures: dict[str, list[str]] = {}
+    for row in quick_bench:
+        figures.setdefault(row["benchmark"], []).append(row["figure"])
+        ours = row["ours"]
+        assert ours["status"] == "ok", (row["benchmark"], row["figure"], ours["status"])
+        assert ours["repeats"] == len(ours["values"]) >= 1 and ours["min"] <= ours["median"] <= ours["max"]
+        assert row["run"]["quick"] is True and row["met"] in (True, False, None)
+    assert sorted(figures) == ["allocation", "eventservice", "relays", "throughput", "tower_scale"]
+    assert "event ranges/s over the wall-clock of `hpc-edge run`" in figures["eventservice"]
+    assert "busy core-s / (core slots x makespan), from the store" in figures["allocation"]
+    assert "dispatch round trip p99 (Request -> Work)" in figures["tower_scale"]
+
+
+def test_quick_relays_reports_updates_and_heartbeats(quick_bench):
+    rows = {r["figure"]: r for r in quick_bench if r["benchmark"] == "relays"}
     for figure in ("relays connected and welcomed", "job updates acked per second (steady window)",
                    "Update -> Ack latency p99 (steady window)", "Updates never acked (lost)",
                    "Heartbeat -> Ack latency p99 (steady window)", "Heartbeats never acked (lost)"):
