@@ -49,6 +49,7 @@ class ESProcess:
         self.buffer = b""
         self.stop_reason: tuple[ErrorCode, str] | None = None
         self.sigterm_at: float | None = None
+        self.eof = False  # its stdout is closed: nothing more to read, and not to be waited on
         os.set_blocking(proc.stdout.fileno(), False)
 
     @property
@@ -61,6 +62,7 @@ class ESProcess:
             while True:
                 chunk = os.read(self.fd, 65536)
                 if not chunk:
+                    self.eof = True
                     break
                 chunks.append(chunk)
         except BlockingIOError:
@@ -167,7 +169,9 @@ class EventRunner:
         return sum(len(q) for q in self.queues.values())
 
     def fds(self) -> list[int]:
-        return [p.fd for p in self.procs.values()]
+        """The payloads' stdout to wait on; not one at its end (always readable: a payload that closed
+        its stdout and runs on would keep the loop from ever sleeping; its exit wakes it anyway)."""
+        return [p.fd for p in self.procs.values() if not p.eof]
 
     # ---- the loop's step ----------------------------------------------------------------------
     def step(self) -> list[RangeEvent]:

@@ -1,13 +1,19 @@
 """What wakes the relay's loop: besides the tower's socket and payload exits, the pipes of rank 0's own
-event-service payloads, so one asking for ranges is fed at once, not after the poll's timeout."""
+event-service payloads, so one asking for ranges is fed at once, not after the poll's timeout; and
+what no loop waits on: a payload's stdout at its end."""
 
 from __future__ import annotations
 
 import os
+import select
+import subprocess
+import time
 from types import SimpleNamespace
 
 import zmq
 
+from hpc_edge.esrunner import ESProcess, EventRunner
+from hpc_edge.protocol import JobSpec
 from hpc_edge.relay import Relay
 
 
@@ -32,3 +38,29 @@ def test_rank_zeros_payload_pipes_wake_the_relay_while_they_run():
         for r, w in pipes:
             os.close(r)
             os.close(w)
+
+
+def test_a_payload_that_closed_its_stdout_and_runs_on_is_not_waited_on(tmp_path):
+    """Its pipe would be readable (at its end) on every wait: the loop would never sleep again."""
+    proc = subprocess.Popen(["sh", "-c", "echo 'Ready for events'; exec >&-; exec sleep 60"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        spec = JobSpec(job_id=1, task_id=1, attempt=1, dispatch=1, command="sim", cores=1, memory_mb=0,
+                       walltime_s=60, workdir=str(tmp_path), event_service=True)
+        runner = EventRunner(executor=None)
+        runner.procs[proc.pid] = es = ESProcess(spec, tmp_path, proc, open(tmp_path / "payload.stdout", "w"))
+        assert runner.fds() == [es.fd]
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        while not es.eof and time.monotonic() < deadline:
+            select.select(runner.fds(), [], [], 1.0)
+            lines += es.read_lines()
+
+        assert lines == ["Ready for events"] and es.eof
+        assert proc.poll() is None  # still running
+        assert runner.fds() == []
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
