@@ -32,12 +32,15 @@ class ESJob:
     job_id: int
     task_id: int
     idx: int
-    total: int
-    geometry: RangeGrid  # per range: (file index, first event, last event)
+    geometry: RangeGrid  # where each of its ranges lies
     ready: deque = field(default_factory=deque)
     counts: Counter = field(default_factory=Counter)
     attempts: dict[int, int] = field(default_factory=dict)  # range idx -> attempt (when > 1)
     state: str = "activated"
+    total: int = field(init=False)  # its number of ranges (len(geometry), read on every range's end)
+
+    def __post_init__(self):
+        self.total = len(self.geometry)
 
 
 class RangeBook:
@@ -63,8 +66,7 @@ class RangeBook:
                                      (task_id,)).fetchall()
         jobs: dict[int, ESJob] = {}
         for job_id, idx, state in rows:
-            grid = spec.job_grid(idx)
-            jobs[job_id] = ESJob(job_id, task_id, idx, len(grid), grid, state=state)
+            jobs[job_id] = ESJob(job_id, task_id, idx, spec.job_grid(idx), state=state)
         if fresh:
             for es in jobs.values():
                 es.ready.extend(range(es.total))

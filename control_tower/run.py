@@ -102,7 +102,7 @@ def run_workload(workload: Workload, opts: RunOptions, console: Console) -> tupl
 
 
 def check_fits(service: Service, queue: QueueConfig, workload: Workload, resumed: bool) -> None:
-    specs = [spec for _, (_, spec) in service.tower.book.tasks.items()] if resumed else workload.tasks
+    specs = [spec for _, spec in service.tower.book.tasks.values()] if resumed else workload.tasks
     for spec in specs:
         name = spec.name
         if spec.cores > queue.cores_per_rank:

@@ -208,21 +208,15 @@ class Store:
                             " cpu_s=?, wall_s=?, exit_code=?, signal=?, error_code=?, error_diag=?, updated=?"
                             " WHERE job_id=? AND range_idx=?", rows)
 
-    _FINISHED_RANGES = ("SELECT range_idx, attempt, first_event, last_event, output FROM ranges"
-                        " WHERE job_id=? AND state='finished' ORDER BY range_idx")
-
-    def finished_ranges(self, job_id: int) -> list[tuple]:
+    @staticmethod
+    def read_finished_ranges(path: Path, job_id: int) -> list[tuple]:
         """(range_idx, attempt, first, last, output) of a job's finished ranges, in event order (a job's
-        ranges are numbered in event order)."""
-        return self.db.execute(self._FINISHED_RANGES, (job_id,)).fetchall()
-
-    @classmethod
-    def read_finished_ranges(cls, path: Path, job_id: int) -> list[tuple]:
-        """``finished_ranges`` as committed, read on a read-only connection of the caller's own (from any
-        thread, while the tower's connection goes on writing)."""
+        ranges are numbered in event order), as committed: read on a read-only connection of the
+        caller's own (from any thread, while the tower's connection goes on writing)."""
         db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
         try:
-            return db.execute(cls._FINISHED_RANGES, (job_id,)).fetchall()
+            return db.execute("SELECT range_idx, attempt, first_event, last_event, output FROM ranges"
+                              " WHERE job_id=? AND state='finished' ORDER BY range_idx", (job_id,)).fetchall()
         finally:
             db.close()
 

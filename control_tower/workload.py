@@ -284,8 +284,8 @@ class RangeGrid:
         return first, min(self.last, first + self.step - 1)
 
     def __iter__(self):
-        for start in range(self.first, self.last + 1, self.step):
-            yield self.file_idx, start, min(self.last, start + self.step - 1)
+        for n in range(len(self)):
+            yield self.file_idx, *self.events(n)
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ def test_running_then_finished_is_stored_with_the_output(tower):
     assert (row["state"], row["attempt"], row["worker_id"], row["rank"], row["host"]) == \
         ("finished", 1, "w1", 3, "nid0007")
     assert (row["output"], row["size"], row["cpu_s"], row["wall_s"]) == ("/o/1-1-0-0-1.h5", 4096, 1.5, 2.0)
-    assert tower.store.finished_ranges(1) == [(0, 1, 0, 2, "/o/1-1-0-0-1.h5")]
+    assert Store.read_finished_ranges(tower.store.path, 1) == [(0, 1, 0, 2, "/o/1-1-0-0-1.h5")]
     assert tower.ranges.held_by("w1") == 1
     assert tower.ranges.stale_events == 0
     tower.check_counts()
