@@ -17,7 +17,7 @@ import time
 
 from .errors import ErrorCode
 from .executor import Executor
-from .protocol import JobEvent, JobSpec, RangeSpec
+from .protocol import JobEvent, JobSpec, RangeSpec, drop_superseded
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def rank_loop(comm, executor: Executor) -> None:
         # at once when a job ended and left cores with nothing queued for them (the relay refills them)
         if outbox and (stopping or len(outbox) >= BATCH_MAX or time.monotonic() - since >= BATCH_S
                        or not executor.busy or (freed and not executor.queue and executor.free_cores > 0)):
-            rank_send_events(comm, outbox)
+            rank_send_events(comm, drop_superseded(outbox))
             outbox = []
         if stopping and not executor.busy:
             rank_send_events(comm, [], kind="stopped")

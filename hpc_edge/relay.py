@@ -306,8 +306,9 @@ class Relay:
                 time.monotonic() - self.pending_since < self.cfg.flush_s:
             return
         pending, self.pending = self.pending, []
-        jobs = coalesce([e for e in pending if isinstance(e, p.JobEvent)])
-        ranges = coalesce_ranges([e for e in pending if isinstance(e, p.RangeEvent)])
+        pending = p.drop_superseded(pending)
+        jobs = [e for e in pending if type(e) is p.JobEvent]
+        ranges = [e for e in pending if type(e) is p.RangeEvent]
         self.seq += 1
         data = p.encode(p.Update(seq=self.seq, events=jobs, ranges=ranges))
         self.unacked.add(self.seq, data, time.monotonic(), (e.job_id for e in jobs), (r.range_id for r in ranges))
@@ -525,16 +526,3 @@ def running_mean(mean: float | None, value: float, weight: float = 0.2) -> float
     value = max(value, 1e-4)
     return value if mean is None else (1 - weight) * mean + weight * value
 
-
-def coalesce(events: list[p.JobEvent]) -> list[p.JobEvent]:
-    """Drop a 'running' event when the same batch also has the job's end (which carries start_time)."""
-    ended = {(e.job_id, e.dispatch) for e in events if e.state != "running"}
-    if not ended:
-        return events
-    return [e for e in events if e.state != "running" or (e.job_id, e.dispatch) not in ended]
-
-
-def coalesce_ranges(events: list[p.RangeEvent]) -> list[p.RangeEvent]:
-    """Drop a range's 'running' event when the same batch also has its end."""
-    ended = {e.range_id for e in events if e.state != "running"}
-    return [e for e in events if e.state != "running" or e.range_id not in ended] if ended else events

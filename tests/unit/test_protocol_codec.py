@@ -332,3 +332,25 @@ def test_trusted_makers_give_the_records_model_construct_gives_on_the_wire_too()
         make_job_event(job_id=1, dispatch=1, state="running", t=1.0, bogus=1)
     with pytest.raises(TypeError, match="missing \\['t'\\]"):
         make_job_event(job_id=1, dispatch=1, state="running")
+
+
+def test_an_end_supersedes_its_running_event_and_nothing_else():
+    """A rank's report and a relay's update carry a job's (or range's) end without its 'running'
+    event when both are in the same batch; other jobs, other dispatches and lone starts stay."""
+    def job(job_id, dispatch, state):
+        return p.make_job_event(job_id=job_id, dispatch=dispatch, state=state, t=1.0, start_time=0.5, pid=99)
+
+    def rng(range_id, state):
+        return p.make_range_event(range_id=range_id, job_id=3, state=state, t=1.0)
+
+    events = [job(1, 1, "running"), job(2, 1, "running"), job(1, 2, "running"), rng("3-0", "running"),
+              rng("3-1", "running"), job(1, 1, "finished"), rng("3-0", "failed"), job(4, 1, "failed")]
+    kept = p.drop_superseded(events)
+    assert [(type(e).__name__, getattr(e, "job_id", None), getattr(e, "dispatch", None),
+             getattr(e, "range_id", None), e.state) for e in kept] == [
+        ("JobEvent", 2, 1, None, "running"), ("JobEvent", 1, 2, None, "running"),
+        ("RangeEvent", 3, None, "3-1", "running"), ("JobEvent", 1, 1, None, "finished"),
+        ("RangeEvent", 3, None, "3-0", "failed"), ("JobEvent", 4, 1, None, "failed")]
+    assert kept[3].start_time == 0.5 and kept[3].pid == 99  # the end keeps what 'running' said
+    starts_only = events[:5]
+    assert p.drop_superseded(starts_only) == starts_only
