@@ -9,16 +9,17 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from .provisioner import QueueConfig
 from .service import INFO_NAME, STORE_NAME, Service, ServiceError
 from .store import TERMINAL
 from .tower import TowerConfig
 from .workload import Workload
+
+if TYPE_CHECKING:  # rich is imported where it draws: a --json run draws nothing
+    from rich.console import Console
+    from rich.table import Table
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def prepare_data_dir(opts: RunOptions) -> bool:
     return False
 
 
-def run_workload(workload: Workload, opts: RunOptions, console: Console) -> tuple[dict, int]:
+def run_workload(workload: Workload, opts: RunOptions, console: Console | None) -> tuple[dict, int]:
     """Run to the end; return the summary and the exit status (0 all finished, 1 some did not, 130 interrupted)."""
     resumed = prepare_data_dir(opts)
     queue = QueueConfig(name="local", launcher="local", ranks_per_node=opts.ranks,
@@ -110,7 +111,8 @@ def check_fits(service: Service, queue: QueueConfig, workload: Workload, resumed
                                f"{queue.cores_per_rank}; run with --cores-per-rank {spec.cores}")
 
 
-async def _serve(service: Service, opts: RunOptions, console: Console, workload: Workload | None) -> None:
+async def _serve(service: Service, opts: RunOptions, console: Console | None,
+                 workload: Workload | None) -> None:
     """Serve until every job is final; a fresh ``workload`` is stored once its worker is on its way."""
     await service.start(workload)
     service.install_signal_handlers()
@@ -119,6 +121,8 @@ async def _serve(service: Service, opts: RunOptions, console: Console, workload:
     if not opts.progress:
         await service.serve(until_done=True)
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
@@ -153,6 +157,8 @@ def summarize(service: Service, workload: Workload, elapsed: float, resumed: boo
 
 
 def summary_table(summary: dict) -> Table:
+    from rich.table import Table
+
     states = ["finished", "failed", "cancelled", "activated", "running"]
     table = Table(title=f"{summary['workload']}: {summary['jobs']} jobs in {summary['elapsed_s']:.1f} s")
     table.add_column("task")

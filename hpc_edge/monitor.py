@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 
 from .errors import ErrorCode
 
@@ -32,6 +31,8 @@ class Progress:
 
 def tree_usage(pid: int) -> tuple[float, int]:
     """CPU seconds and RSS bytes of a process and all its descendants."""
+    import psutil  # here, not at import: a rank starts faster, and most runs set no limit to check
+
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]

@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-
 from .executor import Executor
 from .keys import client_curve
 from .protocol import RankInfo
@@ -55,7 +53,7 @@ def main(argv: list[str]) -> int:
                         format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s")
     local_ranks = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
     cores = args.cores_per_rank or max(1, (os.cpu_count() or 1) // local_ranks)
-    memory = args.memory_per_rank_mb or psutil.virtual_memory().total // local_ranks // 2**20
+    memory = args.memory_per_rank_mb or physical_memory() // local_ranks // 2**20
     scratch = None
     if args.scratch is not None:
         scratch = args.scratch / f"hpc-edge-{args.worker_id}-rank{rank}"
@@ -100,3 +98,8 @@ def main(argv: list[str]) -> int:
         comm.Abort(1)
     executor.close()
     return 0
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this node (what psutil.virtual_memory().total says, without importing it)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

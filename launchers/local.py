@@ -109,7 +109,16 @@ class LocalLauncher(Launcher):
         while pending and time.monotonic() < deadline:
             pending = [b for b in pending if not self._state(b).terminal]
             if pending:
-                time.sleep(0.05)
+                # wait on our own child (Popen polls it with a short back-off): its exit is seen in
+                # about a millisecond, not at the next tick of a coarse sleep
+                proc = self._procs.get(pending[0])
+                if proc is None:  # a worker of an earlier tower: not our child
+                    time.sleep(0.05)
+                    continue
+                try:
+                    proc.wait(max(0.0, min(0.05, deadline - time.monotonic())))
+                except subprocess.TimeoutExpired:
+                    pass
         return not pending
 
 
