@@ -185,6 +185,26 @@ class JobBook:
                            memory_mb=lim.memory_mb, check_s=lim.check_every)
 
     # ---- events from relays -------------------------------------------------------------------
+    def apply_all(self, worker_id: str, events: list[p.JobEvent]) -> None:
+        """A relay's update, in order; the jobs it says finished are written together at the end (no
+        job appears twice in one update after the relay's coalescing, and nothing reads them between)."""
+        finished: list[tuple] = []
+        for e in events:
+            if e.state != "finished":
+                self.apply(worker_id, e)
+                continue
+            inf = self.inflight.get(e.job_id)
+            if inf is None or inf[1] != worker_id or inf[2] != e.dispatch:
+                self.apply(worker_id, e)  # stale: counted and logged there
+                continue
+            fields = event_fields(e)
+            fields["worker_id"] = worker_id
+            task_id, _, dispatch, attempt, old = self._unhold(e.job_id)
+            finished.append((e.job_id, dispatch, attempt, "finished", e.t, fields))
+            self._move(task_id, old, "finished")
+        if finished:
+            self.store.end_jobs(finished)
+
     def apply(self, worker_id: str, e: p.JobEvent) -> None:
         inf = self.inflight.get(e.job_id)
         if inf is None or inf[1] != worker_id or inf[2] != e.dispatch:

@@ -268,6 +268,28 @@ class Store:
                         (state, t, *cols.values(), job_id))
         self.log("job", job_id=job_id, worker_id=fields.get("worker_id"), detail=note or state, t=t)
 
+    def end_jobs(self, rows: list[tuple[int, int, int, str, float, dict]]) -> None:
+        """Close many attempts at once, as ``record_attempt`` then ``set_job_state`` would for each
+        (job_id, dispatch, attempt, state, t, fields): the end of every job of a relay's update in a
+        few statements."""
+        self.db.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [
+            (job_id, dispatch, attempt, f.get("worker_id"), state, f.get("rank"), f.get("host"),
+             f.get("exit_code"), f.get("signal"), f.get("error_code"), f.get("error_diag"), f.get("cpu_s"),
+             f.get("wall_s"), f.get("max_rss_kb"), f.get("start_time"), f.get("end_time"))
+            for job_id, dispatch, attempt, state, t, f in rows])
+        updates: dict[tuple[str, ...], list[tuple]] = {}  # one statement per set of columns
+        for job_id, _, _, state, t, fields in rows:
+            cols = {k: v for k, v in fields.items() if k in JOB_FIELDS}
+            for key in ("files", "report"):
+                if key in fields:
+                    cols[key] = json.dumps(fields[key])
+            updates.setdefault(tuple(cols), []).append((state, t, *cols.values(), job_id))
+        for names, params in updates.items():
+            sets = "".join(f", {k}=?" for k in names)
+            self.db.executemany(f"UPDATE jobs SET state=?, updated=?{sets} WHERE job_id=?", params)
+        self.db.executemany("INSERT INTO events (t, kind, job_id, worker_id, detail) VALUES (?, 'job', ?, ?, ?)",
+                            [(t, job_id, fields.get("worker_id"), state) for job_id, _, _, state, t, fields in rows])
+
     def record_attempt(self, job_id: int, dispatch: int, attempt: int, state: str, f: dict) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",

@@ -292,8 +292,7 @@ class Tower:
         if m.seq <= live.last_seq or m.seq in live.applied_above:
             self.stats["duplicate_updates"] += 1
         else:
-            for event in m.events:
-                self.book.apply(live.worker_id, event)
+            self.book.apply_all(live.worker_id, m.events)
             for event in m.ranges:
                 self.ranges.apply(live.worker_id, event)
             # updates may arrive out of order after a reconnect (one lost with the old connection,

@@ -478,3 +478,55 @@ def test_counts_agree_with_the_store_after_any_sequence(ops):
                 t.book.load()
             check_invariants(t)
         t.store.close()
+
+
+# ---- a relay's whole update at once -----------------------------------------------------------
+
+def store_rows(store: Store) -> tuple[list, list, list]:
+    """Every row a user can read, without the clock times of what each tower did at its own moment
+    (adding the task, dispatching): a job's 'updated' while it is out, and the times of those events."""
+    names = [r[1] for r in store.db.execute("PRAGMA table_info(jobs)")]
+    cols = ", ".join("CASE WHEN state IN ('sent', 'activated') THEN NULL ELSE updated END" if n == "updated"
+                     else n for n in names)
+    jobs = store.db.execute(f"SELECT {cols} FROM jobs ORDER BY job_id").fetchall()
+    attempts = store.db.execute("SELECT * FROM attempts ORDER BY job_id, dispatch").fetchall()
+    events = store.db.execute("SELECT CASE WHEN kind='job' AND detail!='sent' THEN t END, kind, job_id, worker_id, "
+                              "detail FROM events ORDER BY job_id, 1, detail").fetchall()
+    return jobs, attempts, events
+
+
+update_events = st.lists(st.tuples(
+    st.integers(0, 20), st.sampled_from(["running", "finished", "finished", "failed", "preempted"]),
+    st.booleans(), st.sampled_from([None, 1001, 1020])), max_size=12)
+
+
+@settings(max_examples=80, deadline=None, database=None, derandomize=True)
+@given(update_events)
+def test_an_update_applied_at_once_writes_what_event_by_event_writes(evs):
+    """apply_all (the tower's path for a relay's update) leaves the store and the book exactly as
+    applying its events one by one: finished jobs, failures, retries, stale and repeated events."""
+    with tempfile.TemporaryDirectory() as tmp:
+        towers = []
+        for name in ("each", "all"):
+            t = Tower(Store(Path(tmp) / f"{name}.db", synchronous="OFF").open(), Path(tmp) / "jobs")
+            t.add(sim_task(count=6, max_attempts=2))
+            t.dispatch("w1", cores=4)
+            t.dispatch("w2", cores=2)
+            towers.append(t)
+        out = sorted(towers[0].book.inflight)
+        update = []
+        for i, (pick, state, stale, code) in enumerate(evs):
+            job_id = out[pick % len(out)]
+            _, _, dispatch, _, _ = towers[0].book.inflight[job_id]
+            update.append(event(job_id, dispatch + (1 if stale else 0), state, t=2000.0 + i, error_code=code,
+                                exit_code=0 if state == "finished" else None, wall_s=1.5, rank=0, host="n1",
+                                files=[p.FileInfo(name="out.txt", size=i)] if state == "finished" else []))
+        for e in update:
+            towers[0].book.apply("w1", e)
+        towers[1].book.apply_all("w1", update)
+        assert store_rows(towers[0].store) == store_rows(towers[1].store)
+        assert towers[0].book.inflight == towers[1].book.inflight
+        assert dict(towers[0].book.totals()) == dict(towers[1].book.totals())
+        for t in towers:
+            t.check_counts()
+            t.store.close()
