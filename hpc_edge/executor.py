@@ -156,8 +156,8 @@ class Executor:
         self.drain_wakeups()
 
     def drain_wakeups(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
+        try:  # one read empties the pipe unless it was full: no second read to hear it is empty
+            while len(os.read(self._wake_r, 4096)) == 4096:
                 pass
         except BlockingIOError:
             pass

@@ -144,7 +144,9 @@ def rank_loop(comm, executor: Executor) -> None:
                 log.warning("rank stopping with %d reports the relay never received", len(OUT.pending))
             log.debug("rank stopped")
             return
-        if not events:
+        # with every core taken nothing can start before a payload ends (which wakes the wait at once)
+        # or the relay writes: no second pass over an unchanged state
+        if not events or executor.free_cores <= 0:
             executor.wait(IDLE_WAIT_S if not executor.idle else IDLE_WAIT_S * 4)
 
 
