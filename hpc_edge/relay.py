@@ -26,6 +26,8 @@ from .rank import (OUT, relay_recv_events, relay_send_exhausted, relay_send_kill
 
 logger = logging.getLogger(__name__)
 
+PASS_S = 0.002  # while rank 0's own short payloads keep waking the loop, its duties run at most this often
+
 
 @dataclass
 class RelayConfig:
@@ -90,6 +92,7 @@ class Relay:
         self._signals: list[int] = []
         self.payload_fds: set[int] = set()  # rank 0's event-service payloads' stdout, in the poller
         self._mpi_status = None
+        self.next_pass = 0.0
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -108,22 +111,38 @@ class Relay:
         self.start()
         try:
             while not self.finished():
-                self.poll_tower()
+                heard = self.poll_tower()
                 self.handle_signals()
-                self.check_walltime()
-                self.collect_rank_events()
-                self.step_local()
-                self.distribute_work()
-                self.distribute_ranges()
-                self.request_work()
-                self.flush_updates()
-                self.keep_alive()
-                self.check_drained()
+                if heard or self.pass_due():
+                    self.relay_pass()
+                else:
+                    self.step_local()
         finally:
             self.local.hard_kill_all()
             OUT.drain(2.0)  # ranks have stopped: what they were sent is theirs, or moot
             self.link.close()
             self.unacked.close()
+
+    def relay_pass(self) -> None:
+        """Everything a turn does: rank 0's own payloads, and the relay's duties to the ranks and the tower."""
+        self.check_walltime()
+        self.collect_rank_events()
+        self.step_local()
+        self.distribute_work()
+        self.distribute_ranges()
+        self.request_work()
+        self.flush_updates()
+        self.keep_alive()
+        self.check_drained()
+        self.next_pass = time.monotonic() + PASS_S
+
+    def pass_due(self) -> bool:
+        """Whether this turn also does the relay's duties, not only rank 0's payloads. A short payload of
+        rank 0 ending wakes the loop about once per millisecond; every rank holds ``bind_horizon_s`` of
+        jobs, so the duties wait up to PASS_S then, unless rank 0 has nothing queued, event ranges are in
+        play (their hand-overs are the event service's pace) or the relay is stopping."""
+        return (time.monotonic() >= self.next_pass or not self.local.queue or self.stop_reason is not None
+                or bool(self.held_ranges or self.range_buffer))
 
     def finished(self) -> bool:
         return len(self.stopped_ranks) == len(self.ranks) and not self.pending and (
@@ -147,18 +166,23 @@ class Relay:
                           ends_at=self.cfg.ends_at, holding=sorted(holding), holding_ranges=sorted(ranges),
                           last_seq=self.seq, last_req=self.req))
 
-    def poll_tower(self) -> None:
+    def poll_tower(self) -> bool:
+        """Wait for the tower, rank 0's payloads or the timeout; handle what the tower sent. True if
+        anything came from the tower."""
         busy = self.pending or self.buffer or self.held or self.held_ranges or self.range_buffer
         self.watch_payloads()
         events = dict(self.poller.poll(2 if busy else 10))
         if self.local.wakeup_fd() in events:
             self.local.drain_wakeups()
+        heard = False
         if self.link.reconnected(events):
             # a tower restart or a network cut: say hello again, then what is unacked goes again
             logger.warning("relay %s: reconnected to the tower; saying hello again", self.cfg.worker_id)
             self.welcomed = False
             self.send_hello()
+            heard = True
         for data in self.link.receive(events):
+            heard = True
             self.last_heard = time.monotonic()
             try:
                 message = p.decode(data)
@@ -166,6 +190,7 @@ class Relay:
                 logger.error("relay %s: dropped a malformed message from the tower: %s", self.cfg.worker_id, exc)
                 continue
             getattr(self, f"handle_{message.kind}", self.handle_unexpected)(message)
+        return heard
 
     def watch_payloads(self) -> None:
         """Wake on this rank's event-service payloads' pipes too: one asking for ranges is fed at once,

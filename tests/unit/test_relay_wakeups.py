@@ -64,3 +64,19 @@ def test_a_payload_that_closed_its_stdout_and_runs_on_is_not_waited_on(tmp_path)
         proc.wait()
         proc.stdin.close()
         proc.stdout.close()
+
+
+def test_rank_zeros_own_payload_ends_leave_the_relays_duties_for_a_moment_only():
+    """Short payloads of rank 0 wake the loop about once per millisecond: those turns only step them,
+    unless the duties are due (PASS_S), rank 0 has nothing queued, event ranges are in play or the
+    relay is stopping. A message from the tower always makes a full turn (see Relay.run)."""
+    spec = JobSpec(job_id=1, task_id=1, attempt=1, dispatch=1, command="true", cores=1, memory_mb=0,
+                   walltime_s=60, workdir="/tmp/x")
+    relay = SimpleNamespace(next_pass=time.monotonic() + 60, local=SimpleNamespace(queue=[spec]),
+                            stop_reason=None, held_ranges={}, range_buffer=[])
+    assert not Relay.pass_due(relay)
+    for change, value in [("local", SimpleNamespace(queue=[])), ("stop_reason", (1, "stop")),
+                          ("held_ranges", {"1-0": 1}), ("range_buffer", [object()]),
+                          ("next_pass", time.monotonic() - 0.001)]:
+        changed = SimpleNamespace(**{**vars(relay), change: value})
+        assert Relay.pass_due(changed), change
