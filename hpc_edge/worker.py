@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from .executor import Executor
-from .keys import client_curve
 from .protocol import RankInfo
 
 logger = logging.getLogger(__name__)
@@ -78,6 +77,7 @@ def main(argv: list[str]) -> int:
         finally:
             executor.close()
         return 0
+    from .keys import client_curve  # only the relay talks to the tower
     from .relay import Relay, RelayConfig
 
     ends_at = args.ends_at
