@@ -145,9 +145,11 @@ def rank_loop(comm, executor: Executor) -> None:
             log.debug("rank stopped")
             return
         # with every core taken nothing can start before a payload ends (which wakes the wait at once)
-        # or the relay writes: no second pass over an unchanged state
-        if not events or executor.free_cores <= 0:
-            executor.wait(IDLE_WAIT_S if not executor.idle else IDLE_WAIT_S * 4)
+        # or the relay writes (a kill, a stop: heard within IDLE_WAIT_S * 4): no second pass over an
+        # unchanged state, and long payloads cost a rank 50 wake-ups a second, not 200
+        saturated = executor.free_cores <= 0
+        if not events or saturated:
+            executor.wait(IDLE_WAIT_S * 4 if saturated or executor.idle else IDLE_WAIT_S)
 
 
 def handle_relay_message(executor: Executor, message: tuple) -> list:
