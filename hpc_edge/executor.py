@@ -82,6 +82,7 @@ class Executor:
     # node-local directory (this rank's own) where payloads run instead of in their job's directory on
     # the shared filesystem; what is worth keeping is moved there when they end (see bring_back)
     scratch: str | None = None
+    watchdog: Watchdog | None = None  # one started earlier (before MPI_Init); else one of its own if guard
 
     def __post_init__(self):
         self.queue: deque[JobSpec] = deque()
@@ -93,7 +94,8 @@ class Executor:
         os.set_blocking(self._wake_w, False)
         self.es = EventRunner(self)
         self.term_signal_at: float | None = None  # set by a signal handler: this rank is being terminated
-        self.watchdog = Watchdog() if self.guard else None
+        if self.watchdog is None and self.guard:
+            self.watchdog = Watchdog()
         self.spawner = Spawner(STDOUT_NAME, STDERR_NAME)
         self.doubtful: list[tuple[float, Running, int, object]] = []
 

@@ -10,7 +10,11 @@ and SIGKILLs every group still in it, then exits.
 The MPI library's shared-memory segments (files in /dev/shm that MPI_Finalize removes) are named to
 the watchdog over the pipe at start, and the rank leaves the pipe open until its process exits: the
 watchdog then removes whichever of them are still there, so a killed MPI job does not leave its
-node's memory behind (after an orderly MPI_Finalize there is nothing left to remove).
+node's memory behind (after an orderly MPI_Finalize there is nothing left to remove). The watchdog
+starts before MPI_Init and is told when: a rank killed before it could name its segments (during
+MPI's start-up), or whose sibling's watchdog was killed with it, leaves segments that no name list
+holds; so at the end it also removes this user's MPI segments created since then that no process
+maps any more.
 """
 
 from __future__ import annotations
@@ -19,11 +23,17 @@ import mmap
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import time
 from array import array
 
 _SLOT = 4  # bytes per pid (int32)
+SEGMENT_DIR = "/dev/shm"
+SEGMENT_PREFIXES = ("mpich_shm_", "vader_segment.", "sm_segment.")  # MPICH; Open MPI (old, new)
+# a segment younger than this may be another job's, created a moment ago and not mapped yet
+SETTLE_S = 0.5
 
 
 class Watchdog:
@@ -70,6 +80,11 @@ class Watchdog:
         """Files to remove if the rank dies without an orderly end (its MPI shared memory)."""
         self._tell("".join(f"file {p}\n" for p in paths))
 
+    def sweep_segments_since(self, t_ns: int) -> None:
+        """At the end, also remove this user's MPI segments created since ``t_ns`` (this rank's start,
+        before MPI_Init) that no process maps: those nobody could name."""
+        self._tell(f"sweep {int(t_ns)}\n")
+
     def guard_tree(self, path: str) -> None:
         """A directory to remove with its contents when the rank is gone (its payloads' scratch)."""
         self._tell(f"tree {path}\n")
@@ -94,11 +109,15 @@ def main(argv: list[str]) -> int:
     fd = int(argv[0])
     files: set[str] = set()
     trees: set[str] = set()
+    since: int | None = None
     for line in sys.stdin.buffer:  # ends when the rank is gone, however it ended
         if line.startswith(b"file "):
             files.add(os.fsdecode(line[5:].rstrip(b"\n")))
         elif line.startswith(b"tree "):
             trees.add(os.fsdecode(line[5:].rstrip(b"\n")))
+        elif line.startswith(b"sweep "):
+            # file times come from a coarse clock (a tick behind): look a second further back
+            since = int(line[6:]) - 1_000_000_000
     for pgid in guarded_groups(fd):
         try:
             os.killpg(pgid, signal.SIGKILL)
@@ -111,7 +130,78 @@ def main(argv: list[str]) -> int:
             pass
     for path in trees:
         shutil.rmtree(path, ignore_errors=True)
+    if since is not None:
+        sweep_segments(since)
     return 0
+
+
+def sweep_segments(since_ns: int, directory: str = SEGMENT_DIR, settle_s: float = SETTLE_S) -> list[str]:
+    """Remove this user's MPI segments in ``directory`` created since ``since_ns`` that no process
+    maps; return their paths. One just created (younger than ``settle_s``) is looked at again once it
+    is that old, in case its job maps it meanwhile."""
+    stray = stray_segments(since_ns, directory)
+    if not stray:
+        return []
+    newest = max(_ctime(p) for p in stray)
+    wait = newest / 1e9 + settle_s - time.time()
+    if wait > 0:
+        time.sleep(min(wait, settle_s))
+        stray = stray_segments(since_ns, directory)
+    for path in stray:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    return stray
+
+
+def stray_segments(since_ns: int, directory: str = SEGMENT_DIR) -> list[str]:
+    """This user's MPI segments in ``directory`` created (or changed) since ``since_ns`` that no
+    process maps."""
+    uid = os.getuid()
+    found = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    for name in names:
+        if not name.startswith(SEGMENT_PREFIXES):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_uid == uid and st.st_ctime_ns >= since_ns:
+            found.append(path)
+    if not found:
+        return []
+    mapped = mapped_files()
+    return sorted(p for p in found if p not in mapped)
+
+
+def mapped_files(proc: str = "/proc") -> set[str]:
+    """Every file that a process whose memory map this user may read has mapped."""
+    out = set()
+    for pid in os.listdir(proc):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{pid}/maps") as f:
+                for line in f:
+                    fields = line.split(maxsplit=5)
+                    if len(fields) == 6:
+                        out.add(fields[5].rstrip("\n"))
+        except OSError:
+            continue  # gone, or not ours
+    return out
+
+
+def _ctime(path: str) -> int:
+    try:
+        return os.lstat(path).st_ctime_ns
+    except OSError:
+        return 0
 
 
 def shared_memory_files(maps: str = "/proc/self/maps") -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .executor import Executor
 from .protocol import RankInfo
+from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    # the watchdog starts before MPI_Init creates the node's shared memory, so that whatever this rank
+    # leaves of it, even if killed during MPI's start-up, goes when the rank does
+    watchdog = Watchdog()
+    watchdog.sweep_segments_since(time.time_ns())
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -61,7 +66,8 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             logging.getLogger(__name__).error("rank %d: scratch directory %s: %s", rank, scratch, exc)
             comm.Abort(2)
-    executor = Executor(rank=rank, cores=cores, memory_mb=memory, scratch=None if scratch is None else str(scratch))
+    executor = Executor(rank=rank, cores=cores, memory_mb=memory, scratch=None if scratch is None else str(scratch),
+                        watchdog=watchdog)
     if executor.watchdog:
         from .watchdog import shared_memory_files
 

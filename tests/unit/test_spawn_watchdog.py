@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -110,3 +111,58 @@ def test_watchdog_removes_the_ranks_scratch_tree_once_the_rank_is_gone(tmp_path)
     assert wd.proc.wait(timeout=30) == 0
     assert not scratch.exists()
     assert other.exists()
+
+
+def _segment(tag: str, made: list[str], size: int = 4096) -> str:
+    path = f"/dev/shm/mpich_shm_hpcedgetest_{os.getpid()}_{tag}"
+    made.append(path)
+    with open(path, "wb") as f:
+        f.write(b"\0" * size)
+    return path
+
+
+def _mapped_by_a_live_process(path: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", (
+        "import mmap, sys\n"
+        f"f = open({path!r}, 'r+b'); m = mmap.mmap(f.fileno(), 4096)\n"
+        "print('mapped', flush=True); sys.stdin.read()")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "mapped"
+    return proc
+
+
+def test_watchdog_sweeps_mpi_segments_nobody_named_nor_maps_once_the_rank_is_gone():
+    """A rank killed during MPI's start-up never names its segment: its watchdog, started before
+    MPI_Init and told when, removes this user's MPI segments made since then that no process maps,
+    and leaves one a live job maps, older ones, and other files."""
+    from hpc_edge.watchdog import stray_segments
+
+    made: list[str] = []
+    holder = None
+    try:
+        older = _segment("older", made)
+        older_ctime = os.stat(older).st_ctime_ns
+        while True:  # the next files must carry a later (coarse-clock) time than the older one
+            newer = _segment("stray", made)
+            if os.stat(newer).st_ctime_ns > older_ctime:
+                break
+        since = os.stat(newer).st_ctime_ns
+        live = _segment("live", made)
+        other = f"/dev/shm/hpcedgetest_not_mpi_{os.getpid()}"
+        made.append(other)
+        open(other, "wb").close()
+        holder = _mapped_by_a_live_process(live)
+
+        assert [p for p in stray_segments(since) if "hpcedgetest" in p] == [newer]
+        wd = Watchdog()
+        wd.sweep_segments_since(since + 1_000_000_000)  # it looks a second further back itself
+        wd.proc.stdin.close()  # the rank is gone
+        assert wd.proc.wait(timeout=30) == 0
+        assert not os.path.exists(newer)
+        assert os.path.exists(live) and os.path.exists(older) and os.path.exists(other)
+    finally:
+        if holder is not None:
+            holder.stdin.close()
+            holder.wait()
+        for path in made:
+            if os.path.exists(path):
+                os.unlink(path)
