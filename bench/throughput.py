@@ -86,12 +86,13 @@ def run_ours(ctx: Context, n: int, ranks: int, tag: str, profile: Path | None = 
 def run_peer(ctx: Context, peer: str, n: int, procs: int, tag: str) -> tuple[float, float]:
     """(wall-clock of the peer's script, its timed phase)."""
     where = ctx.scratch(f"peer-{peer}-{tag}")
+    # a peer's temporary files go with its scratch directory (Parsl leaves a multiprocessing pymp-* directory per run)
     if peer == "parsl_htex":
         argv = [PEERS_PYTHON, PEERS / "parsl_true.py", n, procs, where / "runinfo"]
-        env = peers_env()
+        env = {**peers_env(), "TMPDIR": str(where)}
     else:
         script = {"raw_subprocess": "raw_true.py", "process_pool": "pool_true.py"}[peer]
-        argv, env = [sys.executable, PEERS / script, n, procs], None
+        argv, env = [sys.executable, PEERS / script, n, procs], {"TMPDIR": str(where)}
     got = timed(argv, cwd=where, env=env, timeout=3600)
     if got.returncode != 0:
         raise BenchError(f"{peer} exited {got.returncode}: {tail(got.stderr)}")

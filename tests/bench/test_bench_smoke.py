@@ -18,11 +18,14 @@ FIGURE_KEYS = {"status", "unit", "repeats", "median", "min", "max", "values"}
 
 
 def test_quick_throughput_writes_well_formed_records(tmp_path):
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--only", "throughput",
          "--throughput-n", "200", "--repeats", "1", "--no-parsl", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=240)
+        cwd=REPO, capture_output=True, text=True, timeout=240, env={**os.environ, "TMPDIR": str(scratch)})
     assert proc.returncode == 0, f"bench/run.py exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    assert list(scratch.iterdir()) == [], "the harness or a peer left files in TMPDIR"
     files = list(tmp_path.glob("*.jsonl"))
     assert len(files) == 1, f"expected one results file, found {files}"
     rows = [json.loads(line) for line in files[0].read_text().splitlines() if line.strip()]
