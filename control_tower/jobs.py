@@ -186,19 +186,16 @@ class JobBook:
 
     # ---- events from relays -------------------------------------------------------------------
     def apply_all(self, worker_id: str, events: list[p.JobEvent]) -> None:
-        """A relay's update, in order; the jobs it says finished are written together at the end (no
-        job appears twice in one update after the relay's coalescing, and nothing reads them between)."""
+        """A relay's update, in order; the jobs it says finished are written together at the end
+        (nothing reads them in between)."""
         finished: list[tuple] = []
         for e in events:
             if e.state != "finished":
                 self.apply(worker_id, e)
                 continue
-            inf = self.inflight.get(e.job_id)
-            if inf is None or inf[1] != worker_id or inf[2] != e.dispatch:
-                self.apply(worker_id, e)  # stale: counted and logged there
+            fields = self._current_fields(worker_id, e)
+            if fields is None:
                 continue
-            fields = event_fields(e)
-            fields["worker_id"] = worker_id
             task_id, _, dispatch, attempt, old = self._unhold(e.job_id)
             finished.append((e.job_id, dispatch, attempt, "finished", e.t, fields))
             self._move(task_id, old, "finished")
@@ -206,22 +203,30 @@ class JobBook:
             self.store.end_jobs(finished)
 
     def apply(self, worker_id: str, e: p.JobEvent) -> None:
-        inf = self.inflight.get(e.job_id)
-        if inf is None or inf[1] != worker_id or inf[2] != e.dispatch:
-            self.stale_events += 1
-            logger.debug("ignored a stale event (%s) for job %d dispatch %d from %s", e.state, e.job_id, e.dispatch,
-                         worker_id)
+        fields = self._current_fields(worker_id, e)
+        if fields is None:
             return
-        fields = event_fields(e)
-        fields["worker_id"] = worker_id
         if e.state == "running":
-            task_id, _, dispatch, attempt, state = inf
+            task_id, _, dispatch, attempt, state = self.inflight[e.job_id]
             if state != "running":
                 self._move(task_id, state, "running")
                 self.inflight[e.job_id] = (task_id, worker_id, dispatch, attempt, "running")
                 self.store.set_job_state(e.job_id, "running", e.t, fields)
             return
         self.end_attempt(e.job_id, e.state, e.t, fields)
+
+    def _current_fields(self, worker_id: str, e: p.JobEvent) -> dict | None:
+        """The event's fields (and its worker) if it is about the job's current dispatch on that worker;
+        None, counted, if it is stale."""
+        inf = self.inflight.get(e.job_id)
+        if inf is None or inf[1] != worker_id or inf[2] != e.dispatch:
+            self.stale_events += 1
+            logger.debug("ignored a stale event (%s) for job %d dispatch %d from %s", e.state, e.job_id, e.dispatch,
+                         worker_id)
+            return None
+        fields = event_fields(e)
+        fields["worker_id"] = worker_id
+        return fields
 
     def end_attempt(self, job_id: int, state: str, t: float, fields: dict) -> None:
         """Close the current dispatch of a held job: finished, failed (maybe retried), requeued, cancelled."""

@@ -38,9 +38,15 @@ class ESJob:
     attempts: dict[int, int] = field(default_factory=dict)  # range idx -> attempt (when > 1)
     state: str = "activated"
     total: int = field(init=False)  # its number of ranges (len(geometry), read on every range's end)
+    id_prefix: str = field(init=False)  # of its range ids: task-job-file-, then range-attempt
 
     def __post_init__(self):
         self.total = len(self.geometry)
+        self.id_prefix = f"{self.task_id}-{self.job_id}-{self.geometry.file_idx}-"
+
+    def range_id(self, idx: int, attempt: int) -> str:
+        """``task-job-file-range-attempt`` (parse_range_id reads it back)."""
+        return f"{self.id_prefix}{idx}-{attempt}"
 
 
 class RangeBook:
@@ -138,7 +144,7 @@ class RangeBook:
             g, construct = es.geometry, p.make_range_spec
             f = task.files[g.file_idx] if task.files else None
             lfn, guid, scope = (f.name, f.guid, f.scope) if f else ("", "", "")
-            prefix, attempts, ready = f"{es.task_id}-{job_id}-{g.file_idx}-", es.attempts, es.ready
+            prefix, attempts, ready = es.id_prefix, es.attempts, es.ready
             assigns = self._assigns
             take = min(n, len(ready))
             for _ in range(take):
@@ -222,7 +228,7 @@ class RangeBook:
         for job_id, idx in keys:
             attempt = self.held[(job_id, idx)][1]
             es = self.es[job_id]
-            e = p.RangeEvent(range_id=f"{es.task_id}-{job_id}-{es.geometry.file_idx}-{idx}-{attempt}", job_id=job_id,
+            e = p.RangeEvent(range_id=es.range_id(idx, attempt), job_id=job_id,
                              state="preempted", t=now, error_code=int(code), error_diag=diag)
             self.end_range(es, idx, "preempted", e, worker_id)
         self.by_worker.pop(worker_id, None)
@@ -235,7 +241,7 @@ class RangeBook:
         for job_id, idx in sorted(self.by_worker.get(worker_id, ())):
             _, attempt, _ = self.held[(job_id, idx)]
             es = self.es[job_id]
-            range_id = f"{es.task_id}-{job_id}-{es.geometry.file_idx}-{idx}-{attempt}"
+            range_id = es.range_id(idx, attempt)
             if range_id not in holding:
                 e = p.RangeEvent(range_id=range_id, job_id=job_id, state="preempted", t=now,
                                  error_code=int(ErrorCode.LOST_WORKER), error_diag="assigned but not received")

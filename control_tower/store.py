@@ -63,6 +63,25 @@ JOB_FIELDS = ("worker_id", "rank", "host", "pid", "exit_code", "signal", "error_
               "cpu_s", "wall_s", "max_rss_kb", "start_time", "end_time")
 
 
+_INSERT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+
+
+def _attempt_row(job_id: int, dispatch: int, attempt: int, state: str, f: dict) -> tuple:
+    """An ``attempts`` row from an attempt's fields."""
+    return (job_id, dispatch, attempt, f.get("worker_id"), state, f.get("rank"), f.get("host"),
+            f.get("exit_code"), f.get("signal"), f.get("error_code"), f.get("error_diag"), f.get("cpu_s"),
+            f.get("wall_s"), f.get("max_rss_kb"), f.get("start_time"), f.get("end_time"))
+
+
+def _job_columns(fields: dict) -> dict:
+    """The ``jobs`` columns an event's fields set (its files and report as JSON)."""
+    cols = {k: v for k, v in fields.items() if k in JOB_FIELDS}
+    for key in ("files", "report"):
+        if key in fields:
+            cols[key] = json.dumps(fields[key])
+    return cols
+
+
 def _submitted_key(row: dict) -> float:
     submitted = row["submitted"]
     return float("-inf") if submitted is None else submitted
@@ -257,10 +276,7 @@ class Store:
 
     def set_job_state(self, job_id: int, state: str, t: float, fields: dict, attempt: int | None = None,
                       note: str | None = None) -> None:
-        cols = {k: v for k, v in fields.items() if k in JOB_FIELDS}
-        for key in ("files", "report"):
-            if key in fields:
-                cols[key] = json.dumps(fields[key])
+        cols = _job_columns(fields)
         if attempt is not None:
             cols["attempt"] = attempt
         sets = ", ".join(f"{k}=?" for k in cols)
@@ -272,17 +288,11 @@ class Store:
         """Close many attempts at once, as ``record_attempt`` then ``set_job_state`` would for each
         (job_id, dispatch, attempt, state, t, fields): the end of every job of a relay's update in a
         few statements."""
-        self.db.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [
-            (job_id, dispatch, attempt, f.get("worker_id"), state, f.get("rank"), f.get("host"),
-             f.get("exit_code"), f.get("signal"), f.get("error_code"), f.get("error_diag"), f.get("cpu_s"),
-             f.get("wall_s"), f.get("max_rss_kb"), f.get("start_time"), f.get("end_time"))
-            for job_id, dispatch, attempt, state, t, f in rows])
+        self.db.executemany(_INSERT_ATTEMPT, [_attempt_row(job_id, dispatch, attempt, state, f)
+                                              for job_id, dispatch, attempt, state, _, f in rows])
         updates: dict[tuple[str, ...], list[tuple]] = {}  # one statement per set of columns
         for job_id, _, _, state, t, fields in rows:
-            cols = {k: v for k, v in fields.items() if k in JOB_FIELDS}
-            for key in ("files", "report"):
-                if key in fields:
-                    cols[key] = json.dumps(fields[key])
+            cols = _job_columns(fields)
             updates.setdefault(tuple(cols), []).append((state, t, *cols.values(), job_id))
         for names, params in updates.items():
             sets = "".join(f", {k}=?" for k in names)
@@ -291,11 +301,7 @@ class Store:
                             [(t, job_id, fields.get("worker_id"), state) for job_id, _, _, state, t, fields in rows])
 
     def record_attempt(self, job_id: int, dispatch: int, attempt: int, state: str, f: dict) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (job_id, dispatch, attempt, f.get("worker_id"), state, f.get("rank"), f.get("host"),
-             f.get("exit_code"), f.get("signal"), f.get("error_code"), f.get("error_diag"), f.get("cpu_s"),
-             f.get("wall_s"), f.get("max_rss_kb"), f.get("start_time"), f.get("end_time")))
+        self.db.execute(_INSERT_ATTEMPT, _attempt_row(job_id, dispatch, attempt, state, f))
 
     def job(self, job_id: int) -> dict | None:
         cur = self.db.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,))

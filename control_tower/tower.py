@@ -388,7 +388,7 @@ class Tower:
             es = self.ranges.es[job_id]
             name = self.book.tasks[es.task_id][0]
             self.merges[job_id] = asyncio.get_running_loop().run_in_executor(
-                None, merge_job, self.store.path, job_id, f"{es.task_id}-{job_id}-{es.geometry.file_idx}-",
+                None, merge_job, self.store.path, job_id, es.id_prefix,
                 self.ranges.output_dir(name, job_id), f"{name}.{job_id}")
 
     def merged(self, job_id: int, future) -> None:

@@ -187,11 +187,7 @@ def mapped_files(proc: str = "/proc") -> set[str]:
         if not pid.isdigit():
             continue
         try:
-            with open(f"{proc}/{pid}/maps") as f:
-                for line in f:
-                    fields = line.split(maxsplit=5)
-                    if len(fields) == 6:
-                        out.add(fields[5].rstrip("\n"))
+            out.update(path for _, path in _mappings(f"{proc}/{pid}/maps"))
         except OSError:
             continue  # gone, or not ours
     return out
@@ -206,14 +202,17 @@ def _ctime(path: str) -> int:
 
 def shared_memory_files(maps: str = "/proc/self/maps") -> list[str]:
     """Files under /dev/shm this process maps shared and that still have a name (MPI's segments)."""
-    found = set()
+    return sorted({path for perms, path in _mappings(maps)
+                   if "s" in perms and path.startswith("/dev/shm/") and not path.rstrip().endswith("(deleted)")})
+
+
+def _mappings(maps: str):
+    """(permissions, path) of each file mapping a /proc/<pid>/maps file lists."""
     with open(maps) as f:
         for line in f:
             fields = line.split(maxsplit=5)
-            if len(fields) == 6 and "s" in fields[1] and fields[5].startswith("/dev/shm/") \
-                    and not fields[5].rstrip().endswith("(deleted)"):
-                found.add(fields[5].rstrip("\n"))
-    return sorted(found)
+            if len(fields) == 6:
+                yield fields[1], fields[5].rstrip("\n")
 
 
 if __name__ == "__main__":

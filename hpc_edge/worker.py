@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .executor import Executor
 from .protocol import RankInfo
-from .watchdog import Watchdog
+from .watchdog import Watchdog, shared_memory_files
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,6 @@ def main(argv: list[str]) -> int:
     executor = Executor(rank=rank, cores=cores, memory_mb=memory, scratch=None if scratch is None else str(scratch),
                         watchdog=watchdog)
     if executor.watchdog:
-        from .watchdog import shared_memory_files
-
         executor.watchdog.guard_files(shared_memory_files())
         if scratch is not None:
             executor.watchdog.guard_tree(str(scratch))
