@@ -31,7 +31,8 @@ from array import array
 
 _SLOT = 4  # bytes per pid (int32)
 SEGMENT_DIR = "/dev/shm"
-SEGMENT_PREFIXES = ("mpich_shm_", "vader_segment.", "sm_segment.")  # MPICH; Open MPI (old, new)
+# MPICH; UCX, its transport here; Open MPI (old, new)
+SEGMENT_PREFIXES = ("mpich_shm_", "ucx_shm_posix_", "vader_segment.", "sm_segment.")
 # a segment younger than this may be another job's, created a moment ago and not mapped yet
 SETTLE_S = 0.5
 

@@ -113,8 +113,8 @@ def test_watchdog_removes_the_ranks_scratch_tree_once_the_rank_is_gone(tmp_path)
     assert other.exists()
 
 
-def _segment(tag: str, made: list[str], size: int = 4096) -> str:
-    path = f"/dev/shm/mpich_shm_hpcedgetest_{os.getpid()}_{tag}"
+def _segment(tag: str, made: list[str], size: int = 4096, prefix: str = "mpich_shm_") -> str:
+    path = f"/dev/shm/{prefix}hpcedgetest_{os.getpid()}_{tag}"
     made.append(path)
     with open(path, "wb") as f:
         f.write(b"\0" * size)
@@ -146,18 +146,19 @@ def test_watchdog_sweeps_mpi_segments_nobody_named_nor_maps_once_the_rank_is_gon
             if os.stat(newer).st_ctime_ns > older_ctime:
                 break
         since = os.stat(newer).st_ctime_ns
+        transport = _segment("stray", made, prefix="ucx_shm_posix_")  # UCX's, under MPICH here
         live = _segment("live", made)
         other = f"/dev/shm/hpcedgetest_not_mpi_{os.getpid()}"
         made.append(other)
         open(other, "wb").close()
         holder = _mapped_by_a_live_process(live)
 
-        assert [p for p in stray_segments(since) if "hpcedgetest" in p] == [newer]
+        assert [p for p in stray_segments(since) if "hpcedgetest" in p] == sorted([newer, transport])
         wd = Watchdog()
         wd.sweep_segments_since(since + 1_000_000_000)  # it looks a second further back itself
         wd.proc.stdin.close()  # the rank is gone
         assert wd.proc.wait(timeout=30) == 0
-        assert not os.path.exists(newer)
+        assert not os.path.exists(newer) and not os.path.exists(transport)
         assert os.path.exists(live) and os.path.exists(older) and os.path.exists(other)
     finally:
         if holder is not None:
