@@ -264,10 +264,12 @@ class Executor:
         any other end brings back everything, for a post-mortem. Nothing to bring back: the job's
         directory is not even created (no metadata traffic on the shared filesystem for it)."""
         spec, src = run.spec, run.workdir
+        empty_logs: list[str] = []
         try:
             if event.state == "finished":  # its outputs are there (or it would have failed)
-                names = [*spec.outputs, *(n for n in (REPORT_NAME,) if os.path.lexists(os.path.join(src, n))),
-                         *(n for n in (STDOUT_NAME, STDERR_NAME) if file_size(os.path.join(src, n)))]
+                names = [*spec.outputs, *(n for n in (REPORT_NAME,) if os.path.lexists(os.path.join(src, n)))]
+                for log in (STDOUT_NAME, STDERR_NAME):
+                    (names if file_size(os.path.join(src, log)) else empty_logs).append(log)
             else:
                 names = os.listdir(src)
             if names:
@@ -286,7 +288,7 @@ class Executor:
                     "error_diag": f"moving its files from scratch to {spec.workdir} failed ({exc}); what is left "
                                   f"stays in {src} on {self.host} until the worker ends"[:4000]})
             return event
-        shutil.rmtree(src, ignore_errors=True)
+        remove_dir(src, empty_logs)
         return event
 
     def _judge(self, run: Running, code: int, usage) -> JobEvent:
@@ -395,6 +397,17 @@ def make_workdir(path: str, first: bool = False) -> None:
         os.makedirs(path, exist_ok=True)
     except FileExistsError:
         pass
+
+
+def remove_dir(path: str, names: list[str]) -> None:
+    """Remove a payload's scratch directory holding (we expect) only these files: an unlink each and
+    an rmdir, not a walk over the tree; a walk when the payload left more."""
+    try:
+        for name in names:
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def check_outputs(workdir: str | Path, outputs: list[str]) -> tuple[list[FileInfo], tuple[ErrorCode, str] | None]:

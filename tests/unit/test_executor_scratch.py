@@ -65,3 +65,14 @@ def test_a_job_whose_files_cannot_be_moved_fails_with_a_stage_out_error(ex, tmp_
     # the output is not thrown away: it stays on scratch, where the diagnostic says
     assert (tmp_path / "scratch" / "2.1" / "out.txt").read_text() == "result\n"
     assert str(tmp_path / "scratch" / "2.1") in e.error_diag
+
+
+def test_a_job_that_leaves_nothing_worth_keeping_leaves_no_trace(ex, tmp_path):
+    # empty logs, no outputs: no job directory is made, and scratch is emptied; also when the payload
+    # removed one of its own logs or left another directory behind
+    ended = run_to_end(ex, [spec(tmp_path, 3, "true"), spec(tmp_path, 4, "rm payload.stderr"),
+                            spec(tmp_path, 5, "mkdir -p a/b")])
+
+    assert {e.state for e in ended.values()} == {"finished"}
+    assert not (tmp_path / "jobs").exists()
+    assert list((tmp_path / "scratch").iterdir()) == []
