@@ -35,8 +35,10 @@ def test_hello_runs_every_payload_once(tmp_path, ranks, messenger):
         assert job["exit_code"] == 0 and job["wall_s"] is not None and job["max_rss_kb"] > 0
     # every rank ran payloads, rank 0 (the relay) included
     assert set(Counter(j["rank"] for j in jobs.values())) == set(range(ranks))
-    # one worker did it all (none died on the way)
+    # one worker did it all (none died on the way), and said so before it ended (its last message
+    # reached the tower: the ranks' quick exit does not drop it)
     assert [w for (w,) in query(data, "SELECT state FROM workers")] == ["done"]
+    assert "worker local-00001 done (said bye: drained: no more work)" in (data / "tower.log").read_text()
 
 
 @pytest.mark.parametrize("ranks, messenger", [(2, "zmq"), (4, "zmq"), (2, "files")])
