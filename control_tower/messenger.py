@@ -46,6 +46,15 @@ class FileMessenger:
             out.extend((worker_id, data) for data in self.inboxes[worker_id].take())
         return out
 
+    def take(self, worker_id: str) -> list[bytes]:
+        """What one worker has sent and is waiting, now (no poll interval)."""
+        box = self.inboxes.get(worker_id)
+        if box is None:
+            if not (self.root / worker_id / TO_TOWER).is_dir():
+                return []
+            box = self.inboxes[worker_id] = Mailbox(self.root / worker_id / TO_TOWER)
+        return box.take()
+
     def knows(self, worker_id: str) -> bool:
         return worker_id in self.inboxes
 

@@ -156,6 +156,9 @@ class Provisioner:
                 self.tower.store.update_worker(worker_id, state="starting")
             self.check_start(row)
         elif state.terminal:
+            self.tower.read_last_words(worker_id)
+            if not self.tower.store.worker_live(worker_id):
+                return  # it said bye: ended as it said, not as the batch system's state would have it
             never_started = row["started"] is None
             final = {BatchState.DONE: "done", BatchState.CANCELLED: "cancelled"}.get(state, "failed")
             if state is BatchState.UNKNOWN:

@@ -372,6 +372,10 @@ class Store:
             else:
                 row["last_seq"], row["last_seen"], row["applied_above"] = last_seq, last_seen, applied_above
 
+    def worker_live(self, worker_id: str) -> bool:
+        row = self._worker_rows().get(worker_id)
+        return row is not None and row["state"] not in _ENDED
+
     def workers(self, live_only: bool = False) -> list[dict]:
         """Every worker (or the live ones), by submission time, as fresh dicts.
 

@@ -176,6 +176,24 @@ class Tower:
         self.flush()
         self.start_merges()
 
+    def read_last_words(self, worker_id: str) -> None:
+        """Handle at once what has come in and is not read yet, this worker's messages among them: asked
+        before a worker whose batch job has ended is taken for gone, so that one that said bye and exited
+        right after is not taken for one that died (its bye may still sit in the socket or its mailbox)."""
+        for data in self.messenger.take(worker_id):
+            self.handle_message(worker_id.encode(), data)
+        if self._raw is None:
+            return
+        for _ in range(5000):
+            try:
+                identity, data = self._raw.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            except ValueError:
+                self.rejected["framing"] += 1
+                continue
+            self.handle_message(identity, data)
+
     def count_refused_connections(self) -> None:
         """Clients that failed the CURVE handshake (no known key, or no CURVE at all): logged and counted."""
         from zmq.utils.monitor import parse_monitor_message

@@ -105,3 +105,31 @@ def test_workers_crashing_soon_after_their_hello_make_the_queue_give_up(tmp_path
     submitted = len(fake.jobs)
     asyncio.run(prov.cycle())
     assert len(fake.jobs) == submitted
+
+
+def test_a_worker_that_said_bye_and_exited_at_once_ended_as_it_said(tmp_path, caplog):
+    """The batch system may report a worker's job ended before the tower has read its bye (a relay
+    exits right after sending it; the files messenger is read every 50 ms): the bye still counts."""
+    import logging
+
+    from hpc_edge import protocol as p
+    from hpc_edge.links import TO_TOWER, Mailbox
+
+    tower, prov, fake = setup(tmp_path, max_running=1)
+    asyncio.run(prov.cycle())
+    ((batch_id, worker_id),) = [(w["batch_id"], w["worker_id"]) for w in tower.store.workers()]
+    box = Mailbox(tower.messenger.worker_dir(worker_id) / TO_TOWER)
+    box.put(p.encode(p.Hello(worker_id=worker_id, ranks=[p.RankInfo(rank=0, host="n1", cores=2, memory_mb=100)])))
+    (hello,) = tower.messenger.poll()
+    assert tower.handle_message(worker_id.encode(), hello[1]) == "hello"
+    tower.flush()  # its welcome goes out
+    box.put(p.encode(p.Bye(reason="drained: no more work")))
+    fake.jobs[batch_id] = BatchState.FAILED  # e.g. a non-zero exit after its bye
+
+    with caplog.at_level(logging.INFO, logger="control_tower.tower"):
+        asyncio.run(prov.cycle())
+
+    assert [w["state"] for w in tower.store.workers() if w["worker_id"] == worker_id] == ["done"]
+    ended = [r.getMessage() for r in caplog.records if " returned to the pool" in r.getMessage()]
+    assert len(ended) == 1 and ended[0].startswith(f"worker {worker_id} done (said bye: drained: no more work)"), ended
+    assert prov.failed_starts.get("q", 0) == 0
