@@ -71,6 +71,8 @@ def main(argv: list[str]) -> int:
             try:
                 with p.oneshot():
                     t, cmd = p.cpu_times(), " ".join(p.cmdline())
+                # a process on its way out reads an empty command line: it keeps the one it had
+                cmd = cmd or last.get(p.pid, ("",))[0]
                 last[p.pid] = (cmd, t.user, t.system, t.children_user, t.children_system)
             except psutil.Error:
                 pass
