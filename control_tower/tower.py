@@ -155,14 +155,7 @@ class Tower:
         for worker_id, data in self.messenger.poll():
             self.handle_message(worker_id.encode(), data)
         if await self.sock.poll(timeout_ms, zmq.POLLIN):
-            for _ in range(5000):
-                try:
-                    identity, data = self._raw.recv_multipart(zmq.NOBLOCK, copy=True)
-                except zmq.Again:
-                    break
-                except ValueError:
-                    self.rejected["framing"] += 1
-                    continue
+            for identity, data in self.waiting():
                 if self.handle_message(identity, data) == "request" and \
                         time.monotonic() - self._flushed_at >= EARLY_ANSWER_S:
                     self.flush()
@@ -182,17 +175,22 @@ class Tower:
         right after is not taken for one that died (its bye may still sit in the socket or its mailbox)."""
         for data in self.messenger.take(worker_id):
             self.handle_message(worker_id.encode(), data)
-        if self._raw is None:
-            return
-        for _ in range(5000):
+        if self._raw is not None:
+            for identity, data in self.waiting():
+                self.handle_message(identity, data)
+
+    def waiting(self, at_most: int = 5000):
+        """(identity, message) of what waits in the socket, read without waiting; at most ``at_most``
+        frames, so a flood cannot hold the loop. Anything not framed as identity and message is counted."""
+        for _ in range(at_most):
             try:
-                identity, data = self._raw.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = self._raw.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 return
-            except ValueError:
+            if len(frames) != 2:
                 self.rejected["framing"] += 1
                 continue
-            self.handle_message(identity, data)
+            yield frames
 
     def count_refused_connections(self) -> None:
         """Clients that failed the CURVE handshake (no known key, or no CURVE at all): logged and counted."""

@@ -329,6 +329,22 @@ def test_a_request_is_answered_before_the_updates_queued_behind_it_are_applied(s
     assert tower.book.held_by("r1") == {1, 2}
 
 
+def test_a_message_not_framed_as_identity_and_data_is_counted_and_the_rest_handled(store, tmp_path):
+    tower = Tower(store, TowerConfig(curve=False), tmp_path)
+    spec = TaskSpec(name="t", command="true", count=4, walltime=60)
+    tower.book.add_task(store.add_task(spec, "w"), "t", spec)
+    wire = tower._raw = tower.sock = tower.monitor = Queued(store, tower, [])
+    hello = p.Hello(worker_id="r1", ranks=[p.RankInfo(rank=0, host="h", cores=2, memory_mb=10)])
+    request = p.encode(p.Request(req=1, cores=2, max_job_cores=2, max_job_memory_mb=10))
+    wire.waiting = [[b"r1", p.encode(hello)], [b"r1", b"", request], [b"r1"], [b"r1", request]]
+
+    asyncio.run(tower.turn(timeout_ms=0))
+
+    assert tower.rejected["framing"] == 2
+    assert [kind for kind, _, _ in wire.sent] == ["welcome", "work"]
+    assert tower.book.held_by("r1") == {1, 2}
+
+
 # ---- checkpoints off the loop -------------------------------------------------------------------
 
 def test_background_checkpoints_keep_every_commit(tmp_path):
