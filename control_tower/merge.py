@@ -9,8 +9,12 @@ slices, so thousands of range files need neither many file handles nor much memo
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
+import signal
+import sqlite3
+import sys
 import tarfile
 from pathlib import Path
 from typing import NamedTuple
@@ -31,6 +35,59 @@ class Part(NamedTuple):
     first_event: int
     last_event: int
     path: str | Path
+
+
+def read_finished_ranges(path: Path, job_id: int) -> list[tuple]:
+    """(range_idx, attempt, first, last, output) of a job's finished ranges, in event order (a job's
+    ranges are numbered in event order), as committed: read on a read-only connection of the
+    caller's own (from any thread or process, while the tower's connection goes on writing)."""
+    db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT range_idx, attempt, first_event, last_event, output FROM ranges"
+                          " WHERE job_id=? AND state='finished' ORDER BY range_idx", (job_id,)).fetchall()
+    finally:
+        db.close()
+
+
+def merge_job(store_path: Path, job_id: int, prefix: str, out_dir: Path, stem: str) -> Path | None:
+    """Merge a job's finished ranges (read from the store's committed state); None if it has none.
+    MergeError if they cannot be read or merged (the job fails with it; the tower goes on)."""
+    try:
+        rows = read_finished_ranges(store_path, job_id)
+    except sqlite3.Error as exc:
+        raise MergeError(f"cannot read job {job_id}'s ranges from {store_path}: {exc}") from exc
+    parts = [Part(f"{prefix}{idx}-{attempt}", first, last, out) for idx, attempt, first, last, out in rows]
+    return merge_parts(parts, Path(out_dir), stem) if parts else None
+
+
+def die_with_parent() -> bool:
+    """Have the kernel kill this process when the one that started it (the tower) dies, so that no
+    merge outlives it and writes the file a restarted tower merges again (Linux; elsewhere a no-op).
+    False if the parent died while this was being set up."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return True
+    return os.getppid() == parent
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 5 or not argv[1].isdigit():
+        print("usage: python -m control_tower.merge STORE JOB_ID RANGE_ID_PREFIX OUT_DIR STEM", file=sys.stderr)
+        return 2
+    if not die_with_parent():
+        return 3
+    store, job_id, prefix, out_dir, stem = argv
+    try:
+        path = merge_job(Path(store), int(job_id), prefix, Path(out_dir), stem)
+    except MergeError as exc:
+        print(json.dumps({"error": str(exc)}), flush=True)
+        return 0
+    print(json.dumps({"path": None if path is None else str(path)}), flush=True)
+    return 0
 
 
 def merge_parts(parts: list[Part], out_dir: Path, stem: str) -> Path:
@@ -202,3 +259,7 @@ def _archive_tarfile(parts: list[Part], out: Path) -> Path:
                 raise MergeError(f"cannot archive range output {part.path}: {exc}") from exc
     os.replace(tmp, out)
     return out
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -227,18 +227,6 @@ class Store:
                             " cpu_s=?, wall_s=?, exit_code=?, signal=?, error_code=?, error_diag=?, updated=?"
                             " WHERE job_id=? AND range_idx=?", rows)
 
-    @staticmethod
-    def read_finished_ranges(path: Path, job_id: int) -> list[tuple]:
-        """(range_idx, attempt, first, last, output) of a job's finished ranges, in event order (a job's
-        ranges are numbered in event order), as committed: read on a read-only connection of the
-        caller's own (from any thread, while the tower's connection goes on writing)."""
-        db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            return db.execute("SELECT range_idx, attempt, first_event, last_event, output FROM ranges"
-                              " WHERE job_id=? AND state='finished' ORDER BY range_idx", (job_id,)).fetchall()
-        finally:
-            db.close()
-
     def task_exists(self, workload: str, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM tasks WHERE workload=? AND name=?",
                                (workload, name)).fetchone() is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,13 +25,21 @@ from hpc_edge.errors import ErrorCode, ProtocolError
 
 from .dispatcher import Dispatcher
 from .jobs import JobBook
-from .merge import MergeError, Part, merge_parts
+from .merge import MergeError, merge_job
 from .messenger import FileMessenger
 from .ranges import RangeBook
 from .store import Store
 
 logger = logging.getLogger(__name__)
 EARLY_ANSWER_S = 0.005
+
+
+MERGE_TRIES = 2  # a merge process that dies (killed, out of memory) is started once more
+MERGE_COMMAND = (sys.executable, "-m", "control_tower.merge")
+
+
+class MergeProcessDied(Exception):
+    """A merge process ended without an answer."""
 
 
 class TowerConfig(BaseModel):
@@ -45,6 +53,9 @@ class TowerConfig(BaseModel):
     idle_drain_s: float = Field(default=60.0, ge=0, description="a worker idle this long is drained")
     exit_when_done: bool = False
     curve: bool = True
+    merge_process_from: int = Field(default=5000, ge=0, description=(
+        "an event-service job of at least this many ranges is merged in a process of its own (the tower's "
+        "loop keeps its interpreter to itself); smaller ones in a thread"))
 
 
 @dataclass
@@ -68,6 +79,8 @@ class Tower:
         self.book = JobBook(store, self.dispatcher, data_dir / "jobs")
         self.ranges = RangeBook(self.book, data_dir / "outputs")
         self.merges: dict[int, asyncio.Future] = {}
+        self._merge_procs: dict[int, asyncio.subprocess.Process] = {}  # merges running in a process
+        self._merge_deaths: Counter = Counter()
         self.messenger = FileMessenger(self.data_dir / "messenger")
         self.workers: dict[str, LiveWorker] = {}
         self.rejected: Counter = Counter()
@@ -138,6 +151,11 @@ class Tower:
         return self.cfg.advertise or self.address
 
     def close(self) -> None:
+        for proc in self._merge_procs.values():  # a merge not recorded is done again after a restart
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
         self.store.stop_checkpointer()
         if self.sock is not None:
             self.sock.disable_monitor()
@@ -397,15 +415,47 @@ class Tower:
     def start_merges(self, max_parallel: int = 2) -> None:
         """Start merges of jobs whose ranges are all final and committed (call after a commit).
 
-        A merge thread reads the job's finished ranges itself, on a connection of its own: with
-        tens of thousands of ranges, reading them here would hold up every worker's request."""
+        A merge reads the job's finished ranges itself, on a connection of its own: with tens of
+        thousands of ranges, reading them here would hold up every worker's request. A big job's
+        merge (``merge_process_from`` ranges or more) runs in a process: in a thread its archive
+        or HDF5 copy would hold this interpreter for seconds, in slices, and the loop answering the
+        relays would wait for it."""
         while self.ranges.to_merge and len(self.merges) < max_parallel:
             job_id = self.ranges.to_merge.pop(0)
             es = self.ranges.es[job_id]
             name = self.book.tasks[es.task_id][0]
-            self.merges[job_id] = asyncio.get_running_loop().run_in_executor(
-                None, merge_job, self.store.path, job_id, es.id_prefix,
-                self.ranges.output_dir(name, job_id), f"{name}.{job_id}")
+            args = (self.store.path, job_id, es.id_prefix, self.ranges.output_dir(name, job_id), f"{name}.{job_id}")
+            if es.total >= self.cfg.merge_process_from:
+                self.merges[job_id] = asyncio.ensure_future(self._merge_in_process(*args))
+            else:
+                self.merges[job_id] = asyncio.get_running_loop().run_in_executor(None, merge_job, *args)
+
+    async def _merge_in_process(self, store_path: Path, job_id: int, prefix: str, out_dir: Path,
+                                stem: str) -> Path | None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *MERGE_COMMAND, str(store_path), str(job_id), prefix, str(out_dir), stem,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:  # out of processes or memory for a moment: as a merge process that died
+            raise MergeProcessDied(f"the merge process of job {job_id} could not start: {exc}") from exc
+        self._merge_procs[job_id] = proc
+        try:
+            out, err = await proc.communicate()
+        finally:
+            self._merge_procs.pop(job_id, None)
+        answer = None
+        if proc.returncode == 0:
+            try:
+                answer = json.loads(out.decode().strip().splitlines()[-1])
+            except (ValueError, IndexError, UnicodeDecodeError):
+                pass
+        if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+            raise MergeError(answer["error"])
+        if isinstance(answer, dict) and "path" in answer and isinstance(answer["path"], (str, type(None))):
+            return None if answer["path"] is None else Path(answer["path"])
+        why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        raise MergeProcessDied(f"the merge process of job {job_id} ended with {why} and no answer: "
+                               f"{err.decode(errors='replace').strip()[-500:] or 'nothing on stderr'}")
 
     def merged(self, job_id: int, future) -> None:
         es = self.ranges.es[job_id]
@@ -414,8 +464,14 @@ class Tower:
             path = future.result()
             if path is not None:
                 fields["files"] = [{"name": str(path), "size": path.stat().st_size}]
-        except (MergeError, OSError) as exc:
-            fields.update(error_code=int(ErrorCode.MERGE_FAILED), error_diag=f"merge failed: {exc}")
+        except (MergeError, MergeProcessDied, OSError) as exc:
+            if isinstance(exc, MergeProcessDied):
+                self._merge_deaths[job_id] += 1
+                if self._merge_deaths[job_id] < MERGE_TRIES:
+                    logger.warning("job %d: %s; merging again", job_id, exc)
+                    self.ranges.to_merge.append(job_id)
+                    return
+            fields.update(error_code=int(ErrorCode.MERGE_FAILED), error_diag=f"merge failed: {exc}"[:4000])
             logger.error("job %d: merge failed: %s", job_id, exc)
         failed = es.counts["failed"]
         if failed and "error_code" not in fields:
@@ -445,15 +501,3 @@ class Tower:
             "ranges": dict(self.ranges.range_totals()),
             "rejected": dict(self.rejected), "stats": dict(self.stats),
         }
-
-
-def merge_job(store_path: Path, job_id: int, prefix: str, out_dir: Path, stem: str) -> Path | None:
-    """Merge a job's finished ranges (read from the store's committed state); None if it has none.
-    MergeError if they cannot be read or merged (the job fails with it; the tower goes on)."""
-    try:
-        rows = Store.read_finished_ranges(store_path, job_id)
-    except sqlite3.Error as exc:
-        raise MergeError(f"cannot read job {job_id}'s ranges from {store_path}: {exc}") from exc
-    parts = [Part(f"{prefix}{idx}-{attempt}", first, last, out) for idx, attempt, first, last, out in rows]
-    return merge_parts(parts, out_dir, stem) if parts else None
-

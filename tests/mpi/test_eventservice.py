@@ -126,7 +126,8 @@ tasks:
 def test_many_short_ranges_go_in_lists_and_each_finishes_once(tmp_path):
     """20,000 one-event ranges of a payload that does almost nothing: the ranks hand out lists of
     ranges (the payload logs each list it gets), large messages cross MPI both ways at once, and
-    every range ends in the archive exactly once."""
+    every range ends in the archive exactly once (each job of 10,000 ranges is merged in a process
+    of its own: ``tower.merge_process_from`` is 5,000)."""
     import tarfile
 
     payload = tmp_path / "quick.py"

@@ -10,8 +10,7 @@ import tarfile
 import pytest
 
 from control_tower.merge import MergeError
-from control_tower.store import Store
-from control_tower.tower import merge_job
+from control_tower.merge import merge_job, read_finished_ranges
 from control_tower.workload import TaskSpec
 from hpc_edge.errors import ErrorCode
 from tests.unit.rangebook_tower import Tower, es_task, ev
@@ -137,7 +136,7 @@ def test_running_then_finished_is_stored_with_the_output(tower):
     assert (row["state"], row["attempt"], row["worker_id"], row["rank"], row["host"]) == \
         ("finished", 1, "w1", 3, "nid0007")
     assert (row["output"], row["size"], row["cpu_s"], row["wall_s"]) == ("/o/1-1-0-0-1.h5", 4096, 1.5, 2.0)
-    assert Store.read_finished_ranges(tower.store.path, 1) == [(0, 1, 0, 2, "/o/1-1-0-0-1.h5")]
+    assert read_finished_ranges(tower.store.path, 1) == [(0, 1, 0, 2, "/o/1-1-0-0-1.h5")]
     assert tower.ranges.held_by("w1") == 1
     assert tower.ranges.stale_events == 0
     tower.check_counts()
@@ -330,9 +329,9 @@ def test_a_merge_reads_the_committed_ranges_on_a_connection_of_its_own(tower, tm
         tower.ranges.apply("w1", ev(rid, "finished", output=str(outs[rid]), size=len(rid)))
     tower.ranges.flush()
 
-    assert Store.read_finished_ranges(tower.store.path, 1) == []  # written, not committed: not seen
+    assert read_finished_ranges(tower.store.path, 1) == []  # written, not committed: not seen
     tower.store.commit()
-    assert Store.read_finished_ranges(tower.store.path, 1) == [(0, 1, 0, 2, str(outs["1-1-0-0-1"])),
+    assert read_finished_ranges(tower.store.path, 1) == [(0, 1, 0, 2, str(outs["1-1-0-0-1"])),
                                                               (1, 1, 3, 3, str(outs["1-1-0-1-1"]))]
 
     out = merge_job(tower.store.path, 1, "1-1-0-", tmp_path / "merged", "toysim.1")
