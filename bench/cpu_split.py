@@ -35,6 +35,8 @@ def classify(cmdline: str) -> str:
         return "ranks (relay + executors)"
     if "watchdog.py" in cmdline:
         return "watchdogs"
+    if "control_tower.merge" in cmdline:
+        return "merges (event service)"
     if (" run " in cmdline and "hpc-edge" in cmdline) or "control_tower.cli" in cmdline:
         return "tower (hpc-edge run)"
     if "es_noop" in cmdline:
