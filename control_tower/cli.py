@@ -139,20 +139,9 @@ def run(workload, ranks, cores_per_rank, memory_per_rank_mb, walltime, walltime_
         if status == 130:
             click.echo(f"interrupted; finish with: hpc-edge run {workload} --resume"
                        + (f" --data-dir {data_dir}" if data_dir != Path('.hpc-edge/runs') / wl.name else ""))
-    _exit_now(status)
+    from hpc_edge.exiting import exit_now
 
-
-def _exit_now(status: int) -> None:
-    """End the process here: the run is over and durable (store closed, workers reaped, summary
-    printed). The interpreter's teardown of every module and object would take 50-70 ms more, which
-    whoever waits for the command (a batch script, a pipeline) pays for nothing."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a reader that has gone (| head), or a closed stream
-            pass
-    os._exit(status)
+    exit_now(status)  # the run is over and durable: store closed, workers reaped, summary printed
 
 
 def _seconds(text: str) -> float:

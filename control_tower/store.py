@@ -64,6 +64,7 @@ JOB_FIELDS = ("worker_id", "rank", "host", "pid", "exit_code", "signal", "error_
 
 
 _INSERT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_EVENT = "INSERT INTO events (t, kind, job_id, worker_id, detail) VALUES (?,?,?,?,?)"
 
 
 def _attempt_row(job_id: int, dispatch: int, attempt: int, state: str, f: dict) -> tuple:
@@ -285,8 +286,8 @@ class Store:
         for names, params in updates.items():
             sets = "".join(f", {k}=?" for k in names)
             self.db.executemany(f"UPDATE jobs SET state=?, updated=?{sets} WHERE job_id=?", params)
-        self.db.executemany("INSERT INTO events (t, kind, job_id, worker_id, detail) VALUES (?, 'job', ?, ?, ?)",
-                            [(t, job_id, fields.get("worker_id"), state) for job_id, _, _, state, t, fields in rows])
+        self.db.executemany(_INSERT_EVENT, [(t, "job", job_id, fields.get("worker_id"), state)
+                                            for job_id, _, _, state, t, fields in rows])
 
     def record_attempt(self, job_id: int, dispatch: int, attempt: int, state: str, f: dict) -> None:
         self.db.execute(_INSERT_ATTEMPT, _attempt_row(job_id, dispatch, attempt, state, f))
@@ -402,8 +403,7 @@ class Store:
     # ---- log ----------------------------------------------------------------------------------
     def log(self, kind: str, job_id: int | None = None, worker_id: str | None = None,
             detail: str | None = None, t: float | None = None) -> None:
-        self.db.execute("INSERT INTO events (t, kind, job_id, worker_id, detail) VALUES (?,?,?,?,?)",
-                        (t or time.time(), kind, job_id, worker_id, detail))
+        self.db.execute(_INSERT_EVENT, (t or time.time(), kind, job_id, worker_id, detail))
 
     def events(self, job_id: int | None = None, limit: int = 200) -> list[dict]:
         if job_id is None:

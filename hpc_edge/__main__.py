@@ -12,12 +12,10 @@ def _main() -> int:
     return main(sys.argv[2:])
 
 
-def _exit_now(status: int) -> None:
-    """End the rank once its work is over: MPI finalised, the relay's socket flushed and closed,
-    logs flushed; then no interpreter teardown of every module and object (tens of milliseconds that
-    the MPI job, and whoever waits for it, pays for nothing)."""
-    import logging
-    import os
+def _end(status: int) -> None:
+    """End the rank once its work is over: the relay's socket flushed and closed, MPI finalised,
+    then no interpreter teardown."""
+    from .exiting import exit_now
 
     zmq = sys.modules.get("zmq")
     if zmq is not None:
@@ -25,14 +23,8 @@ def _exit_now(status: int) -> None:
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
         mpi.Finalize()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(status)
+    exit_now(status)
 
 
 if __name__ == "__main__":
-    _exit_now(_main())
+    _end(_main())

@@ -273,11 +273,13 @@ def drop_superseded(events: list) -> list:
     """Without the 'running' events of the jobs and ranges whose end is in the same list: the end
     carries the start (start_time, pid), so nobody downstream needs both. A rank's reports, and the
     relay's updates, shrink by about half when payloads are short."""
-    ended = {(e.job_id, e.dispatch) if type(e) is JobEvent else e.range_id for e in events if e.state != "running"}
+    def key(e):
+        return (e.job_id, e.dispatch) if type(e) is JobEvent else e.range_id
+
+    ended = {key(e) for e in events if e.state != "running"}
     if not ended:
         return events
-    return [e for e in events if e.state != "running"
-            or ((e.job_id, e.dispatch) if type(e) is JobEvent else e.range_id) not in ended]
+    return [e for e in events if e.state != "running" or key(e) not in ended]
 
 
 def encode(message: _Message) -> bytes:
