@@ -2,6 +2,14 @@
 
 A worker is one ``mpiexec -n RANKS`` process group started in its own session. Its batch id is
 ``<pid>:<worker_id>``, so a tower restarted on the same store can still tell whether it lives.
+
+A worker sized to this machine (ranks x ``cores_per_rank`` = the cores this process may use) has
+each rank bound to cores of its own, which its payloads inherit, when ``mpiexec`` is MPICH's hydra
+with hwloc and no other live worker of this launcher is bound. Unbound, the ranks, their payloads
+and the tower all move between cores at the scheduler's will; bound, short payloads run faster
+(bench/README.md). A worker that takes a part of the machine floats, so that two runs side by
+side are never pinned to the same few cores while others idle. ``launcher_options: {bind_cores:
+false}`` turns binding off.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from .base import BatchState, CancelError, Launcher, SubmitError, WorkerSpec
+from .base import BatchState, CancelError, Launcher, LauncherError, SubmitError, WorkerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -33,25 +41,64 @@ def find_mpiexec() -> str:
     return found
 
 
-def mpiexec_argv(spec: WorkerSpec, mpiexec: str) -> list[str]:
-    """The command line for one local worker (pure)."""
-    return [mpiexec, "-n", str(spec.ranks), *spec.command]
+def mpiexec_argv(spec: WorkerSpec, mpiexec: str, binding: list[list[int]] | None = None) -> list[str]:
+    """The command line for one local worker (pure); ``binding``: the cores of each rank, in rank order."""
+    bind = ["-bind-to", "user:" + ",".join("+".join(map(str, cores)) for cores in binding)] if binding else []
+    return [mpiexec, *bind, "-n", str(spec.ranks), *spec.command]
+
+
+def plan_binding(ranks: int, cores_per_rank: int, usable: set[int], taken: set[int]) -> list[list[int]] | None:
+    """The cores of each rank of a new worker (pure): all ``usable`` cores, ``cores_per_rank`` each in
+    order, if the worker takes exactly that many and no other worker holds any (``taken``); else None."""
+    if taken or ranks * cores_per_rank != len(usable):
+        return None
+    cores = sorted(usable)
+    return [cores[i * cores_per_rank:(i + 1) * cores_per_rank] for i in range(ranks)]
+
+
+def can_bind(mpiexec: str) -> bool:
+    """Whether this mpiexec is MPICH's hydra built with hwloc (it takes ``-bind-to user:...``)."""
+    try:
+        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    topology = next((line for line in out.splitlines() if "Topology libraries available" in line), "")
+    return "HYDRA" in out and "hwloc" in topology
 
 
 class LocalLauncher(Launcher):
     name = "local"
 
-    def __init__(self, mpiexec: str | None = None, kill_grace_s: float = 10.0):
+    def __init__(self, mpiexec: str | None = None, kill_grace_s: float = 10.0, bind_cores: bool = True):
+        if not isinstance(bind_cores, bool):
+            raise LauncherError(f"local: launcher_options.bind_cores must be true or false, not {bind_cores!r}")
         self._mpiexec = mpiexec
         self.kill_grace_s = kill_grace_s
+        self.bind_cores = bind_cores
         self._procs: dict[str, subprocess.Popen] = {}
         self._cancelled: dict[str, float] = {}  # batch id -> when SIGTERM was sent
+        self._bound: dict[str, set[int]] = {}  # batch id -> the cores its ranks are bound to
+        self._can_bind: dict[str, bool] = {}  # mpiexec -> whether it can bind ranks
+
+    def binding(self, spec: WorkerSpec, mpiexec: str) -> list[list[int]] | None:
+        """Cores of their own for the ranks of a new worker, or None (they float)."""
+        if not self.bind_cores:
+            return None
+        if mpiexec not in self._can_bind:
+            self._can_bind[mpiexec] = can_bind(mpiexec)
+        if not self._can_bind[mpiexec]:
+            return None
+        for bid in [b for b in self._bound if self._procs[b].poll() is not None]:
+            del self._bound[bid]
+        taken = set().union(*self._bound.values())
+        return plan_binding(spec.ranks, spec.cores_per_rank, os.sched_getaffinity(0), taken)
 
     def submit(self, spec: WorkerSpec) -> str:
         mpiexec = self._mpiexec or find_mpiexec()
         spec.workdir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **spec.env}
-        argv = mpiexec_argv(spec, mpiexec)
+        binding = self.binding(spec, mpiexec)
+        argv = mpiexec_argv(spec, mpiexec, binding)
         with open(spec.stdout_path, "ab") as out, open(spec.stderr_path, "ab") as err:
             try:
                 proc = subprocess.Popen(
@@ -62,7 +109,10 @@ class LocalLauncher(Launcher):
                 raise SubmitError(f"local: cannot start {argv[0]}: {exc}") from exc
         batch_id = f"{proc.pid}:{spec.worker_id}"
         self._procs[batch_id] = proc
-        logger.info("local: started worker %s (%d ranks) as pid %d", spec.worker_id, spec.ranks, proc.pid)
+        if binding:
+            self._bound[batch_id] = {c for cores in binding for c in cores}
+        logger.info("local: started worker %s (%d ranks%s) as pid %d", spec.worker_id, spec.ranks,
+                    f", bound to cores {argv[2][5:]}" if binding else "", proc.pid)
         return batch_id
 
     def status(self, batch_ids: list[str]) -> dict[str, BatchState]:
