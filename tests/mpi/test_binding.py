@@ -92,15 +92,21 @@ def test_a_second_live_worker_floats_and_cores_are_bound_again_once_free(tmp_pat
         lines = wait_for(lambda: both_ranks_said(spec), 60, f"both ranks of {spec.worker_id} to say where they run")
         return {int(rank): set(map(int, cpus)) for rank, *cpus in (line.split() for line in lines)}
 
-    first, spec1 = submit("w1")
-    bound = affinities(spec1)
-    assert all(len(c) == 1 for c in bound.values()) and bound[0] | bound[1] == two_cpus
-    second, spec2 = submit("w2")  # w1 still holds both cores
-    assert affinities(spec2) == {0: two_cpus, 1: two_cpus}
-    flag.write_text("")
-    assert launcher.wait([first, second], 60)
-    flag.unlink()
-    third, spec3 = submit("w3")  # the cores are free again
-    assert affinities(spec3) == bound
-    flag.write_text("")
-    assert launcher.wait([third], 60)
+    started: list[str] = []
+    try:
+        first, spec1 = submit("w1")
+        started.append(first)
+        bound = affinities(spec1)
+        assert all(len(c) == 1 for c in bound.values()) and bound[0] | bound[1] == two_cpus
+        second, spec2 = submit("w2")  # w1 still holds both cores
+        started.append(second)
+        assert affinities(spec2) == {0: two_cpus, 1: two_cpus}
+        flag.write_text("")
+        assert launcher.wait([first, second], 60)
+        flag.unlink()
+        third, spec3 = submit("w3")  # the cores are free again
+        started.append(third)
+        assert affinities(spec3) == bound
+    finally:  # the workers end whatever the outcome: none is left waiting for the flag
+        flag.write_text("")
+        assert launcher.wait(started, 60)
