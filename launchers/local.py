@@ -43,8 +43,13 @@ def find_mpiexec() -> str:
 
 def mpiexec_argv(spec: WorkerSpec, mpiexec: str, binding: list[list[int]] | None = None) -> list[str]:
     """The command line for one local worker (pure); ``binding``: the cores of each rank, in rank order."""
-    bind = ["-bind-to", "user:" + ",".join("+".join(map(str, cores)) for cores in binding)] if binding else []
+    bind = ["-bind-to", f"user:{cores_text(binding)}"] if binding else []
     return [mpiexec, *bind, "-n", str(spec.ranks), *spec.command]
+
+
+def cores_text(binding: list[list[int]]) -> str:
+    """Ranks' cores as hydra writes them: ``0+1,2+3`` (a rank's cores joined by +, ranks by commas)."""
+    return ",".join("+".join(map(str, cores)) for cores in binding)
 
 
 def plan_binding(ranks: int, cores_per_rank: int, usable: set[int], taken: set[int]) -> list[list[int]] | None:
@@ -112,7 +117,7 @@ class LocalLauncher(Launcher):
         if binding:
             self._bound[batch_id] = {c for cores in binding for c in cores}
         logger.info("local: started worker %s (%d ranks%s) as pid %d", spec.worker_id, spec.ranks,
-                    f", bound to cores {argv[2][5:]}" if binding else "", proc.pid)
+                    f", bound to cores {cores_text(binding)}" if binding else "", proc.pid)
         return batch_id
 
     def status(self, batch_ids: list[str]) -> dict[str, BatchState]:
