@@ -37,14 +37,7 @@ class FileMessenger:
             names = os.listdir(self.root)
         except FileNotFoundError:
             return []
-        out = []
-        for worker_id in names:
-            if worker_id not in self.inboxes:
-                if not (self.root / worker_id / TO_TOWER).is_dir():
-                    continue
-                self.inboxes[worker_id] = Mailbox(self.root / worker_id / TO_TOWER)
-            out.extend((worker_id, data) for data in self.inboxes[worker_id].take())
-        return out
+        return [(worker_id, data) for worker_id in names for data in self.take(worker_id)]
 
     def take(self, worker_id: str) -> list[bytes]:
         """What one worker has sent and is waiting, now (no poll interval)."""

@@ -6,8 +6,8 @@ A worker is one ``mpiexec -n RANKS`` process group started in its own session. I
 A worker sized to this machine (ranks x ``cores_per_rank`` = the cores this process may use) has
 each rank bound to cores of its own, which its payloads inherit, when ``mpiexec`` is MPICH's hydra
 with hwloc and no other live worker of this launcher is bound. Unbound, the ranks, their payloads
-and the tower all move between cores at the scheduler's will; bound, short payloads run faster
-(bench/README.md). A worker that takes a part of the machine floats, so that two runs side by
+and the tower all move between cores at the scheduler's will; bound, a run of short payloads ends
+sooner (bench/README.md). A worker that takes a part of the machine floats, so that two runs side by
 side are never pinned to the same few cores while others idle. ``launcher_options: {bind_cores:
 false}`` turns binding off.
 """
