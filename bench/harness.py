@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -172,15 +173,38 @@ class Timed:
     returncode: int
     stdout: str
     stderr: str
+    cpu_s: float = 0.0   # user + system CPU of the command and every descendant that was waited for
+    busy_s: float = 0.0  # CPU the whole machine spent meanwhile (all cores, anything running)
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every core of this machine has spent not idle since boot: user, nice, system, irq
+    and softirq of /proc/stat (guest time is inside user; iowait and steal are not work done here)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(argv: list[str], cwd: Path | None = None, env: dict | None = None, timeout: float = 3600) -> Timed:
     """Run a command to its end; wall-clock measured around the whole process.
 
+    Two CPU figures: this process's reaped children's CPU before and after (the command and every
+    descendant whose parent waited for it: an MPI job's ranks, the payloads they reaped; nothing that
+    was left to run detached, such as Parsl's worker pool), and the whole machine's busy CPU before and
+    after (everything, detached processes included, and whatever else ran meanwhile: measure on an
+    otherwise idle machine). Commands are run one at a time, so nothing else is reaped meanwhile.
+
     If the harness is interrupted or the command overruns, the command gets SIGTERM (``hpc-edge run``
     then stops its MPI job cleanly) and SIGKILL only if it is still there 60 s later, so no worker
     outlives the harness.
     """
+    cpu_before, busy_before = children_cpu_s(), machine_busy_s()
     started = time.perf_counter()
     proc = subprocess.Popen([str(a) for a in argv], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
@@ -189,7 +213,8 @@ def timed(argv: list[str], cwd: Path | None = None, env: dict | None = None, tim
     except BaseException:
         stop(proc)
         raise
-    return Timed(time.perf_counter() - started, proc.returncode, stdout, stderr)
+    wall = time.perf_counter() - started
+    return Timed(wall, proc.returncode, stdout, stderr, children_cpu_s() - cpu_before, machine_busy_s() - busy_before)
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 60.0) -> None:

@@ -16,12 +16,22 @@ Peers, in the same run and interleaved with ours repeat by repeat:
   parsl_htex      Parsl HighThroughputExecutor, LocalProvider, 2 workers, bash_app ``true``
                   (peers/parsl_true.py, in bench/.peers-venv)
 Peers' wall-clock is of their whole script too; their inner figure is their timed phase.
+
+A third figure, without a target, says where a run's CPU went: the CPU the whole machine spent
+during the command (``timed``'s busy CPU, all cores), per job, for ours and each peer. It is the one
+measure that sees Parsl's worker pool and interchange, which run detached, so the machine must be
+otherwise idle. Ours is split into the payloads' own CPU (``cpu_s`` the ranks recorded from
+``wait4``, summed from the run's store) and the rest: hpc-edge's own cost per job (tower, ranks,
+mpiexec, start-up and shut-down). ``extra`` also keeps the CPU of the command and the processes it
+waited for, which for ours and the raw peers should come out close to the machine's figure.
 """
 
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .harness import (
@@ -58,10 +68,21 @@ tasks:
 """
 
 
+@dataclass
+class Ran:
+    """One run of ours or a peer: wall-clock of the command, its own timed phase, CPU (seconds)."""
+
+    wall_s: float
+    inner_s: float
+    busy_s: float  # the machine's busy CPU during the command
+    cpu_s: float   # the command's and its waited-for descendants' CPU
+    payload_cpu_s: float | None = None  # ours only: the payloads' own CPU, from the store
+
+
 def run_ours(ctx: Context, n: int, ranks: int, tag: str, profile: Path | None = None,
-             node_local: Path | None = None) -> tuple[float, float]:
-    """(wall-clock of the command, its own elapsed_s); under py-spy when ``profile`` is a file; with
-    payloads on ``--scratch node_local`` when given."""
+             node_local: Path | None = None) -> Ran:
+    """One ``hpc-edge run``; under py-spy when ``profile`` is a file; with payloads on
+    ``--scratch node_local`` when given."""
     where = ctx.scratch(f"throughput-{tag}")
     wl = where / "workload.yaml"
     wl.write_text(workload_yaml(n))
@@ -77,14 +98,27 @@ def run_ours(ctx: Context, n: int, ranks: int, tag: str, profile: Path | None = 
         finished = summary["states"].get("finished", 0)
         if finished != n:
             raise BenchError(f"hpc-edge run finished {finished} of {n} jobs: {summary['states']}")
-        return got.wall_s, float(summary["elapsed_s"])
+        return Ran(got.wall_s, float(summary["elapsed_s"]), got.busy_s, got.cpu_s,
+                   payloads_cpu_s(data / "store.sqlite", n))
     finally:
         if node_local is not None:
             shutil.rmtree(node_local / tag, ignore_errors=True)
 
 
-def run_peer(ctx: Context, peer: str, n: int, procs: int, tag: str) -> tuple[float, float]:
-    """(wall-clock of the peer's script, its timed phase)."""
+def payloads_cpu_s(store: Path, n: int) -> float:
+    """The payloads' CPU, summed from the run's store (read-only); every job must have its figure."""
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        count, total = db.execute("SELECT count(cpu_s), sum(cpu_s) FROM jobs").fetchone()
+    finally:
+        db.close()
+    if count != n:
+        raise BenchError(f"{store}: {count} of {n} jobs have a cpu_s")
+    return float(total)
+
+
+def run_peer(ctx: Context, peer: str, n: int, procs: int, tag: str) -> Ran:
+    """One run of a peer's script."""
     where = ctx.scratch(f"peer-{peer}-{tag}")
     # a peer's temporary files go with its scratch directory (Parsl leaves a multiprocessing pymp-* directory per run)
     if peer == "parsl_htex":
@@ -97,7 +131,7 @@ def run_peer(ctx: Context, peer: str, n: int, procs: int, tag: str) -> tuple[flo
     if got.returncode != 0:
         raise BenchError(f"{peer} exited {got.returncode}: {tail(got.stderr)}")
     out = last_json_line(got.stdout)
-    return got.wall_s, float(out["inner_s"])
+    return Ran(got.wall_s, float(out["inner_s"]), got.busy_s, got.cpu_s)
 
 
 def sizes(ctx: Context) -> list[int]:
@@ -106,15 +140,34 @@ def sizes(ctx: Context) -> list[int]:
     return [1_000] if ctx.quick else [5_000, 20_000]
 
 
-def peer_figs(ctx: Context, series: dict[str, list[float]], errors: dict[str, str]) -> dict[str, Figure]:
+def peer_figs(ctx: Context, series: dict[str, list[float]], errors: dict[str, str],
+              unit: str = "jobs/s") -> dict[str, Figure]:
     figs = {}
     for peer in PEER_NAMES:
         if peer == "parsl_htex" and ctx.peers_status is not None:
-            figs[peer] = unavailable(ctx.peers_status, "jobs/s")
+            figs[peer] = unavailable(ctx.peers_status, unit)
         elif peer in errors:
-            figs[peer] = unavailable(errors[peer], "jobs/s")
+            figs[peer] = unavailable(errors[peer], unit)
         else:
-            figs[peer] = Figure("jobs/s", series[peer])
+            figs[peer] = Figure(unit, series[peer])
+    return figs
+
+
+def cpu_figure(runs: list[Ran], n: int, cores: int) -> Figure:
+    """The machine's busy CPU per job, and in ``extra`` its split (payloads / hpc-edge's own), the CPU
+    of the command and what it waited for, and the busy share (of ``cores`` over the wall-clock)."""
+    return Figure("us/job", [1e6 * r.busy_s / n for r in runs], extra={
+        "payloads_us_per_job": [1e6 * r.payload_cpu_s / n for r in runs],
+        "own_us_per_job": [1e6 * (r.busy_s - r.payload_cpu_s) / n for r in runs],
+        "waited_for_us_per_job": [1e6 * r.cpu_s / n for r in runs],
+        "busy_share": [r.busy_s / (cores * r.wall_s) for r in runs]})
+
+
+def peer_cpu_figs(ctx: Context, runs: dict[str, list[Ran]], errors: dict[str, str], n: int) -> dict[str, Figure]:
+    figs = peer_figs(ctx, {k: [1e6 * r.busy_s / n for r in got] for k, got in runs.items()}, errors, "us/job")
+    for name, fig in figs.items():
+        if fig.values:
+            fig.extra = {"waited_for_us_per_job": [1e6 * r.cpu_s / n for r in runs[name]]}
     return figs
 
 
@@ -127,34 +180,36 @@ def run(ctx: Context) -> list[Record]:
         parsl_repeats = ctx.repeats(full=3, quick=1)
         wall: dict[str, list[float]] = {k: [] for k in ("ours", "ours_scratch", *peers)}
         inner: dict[str, list[float]] = {k: [] for k in ("ours", "ours_scratch", *peers)}
+        runs: dict[str, list[Ran]] = {k: [] for k in ("ours", "ours_scratch", *peers)}
         errors: dict[str, str] = {}
         if ctx.options.get("profile_dir"):
             # a separate, extra run under py-spy: its figures are not kept (the sampler costs time)
             out = ctx.options["profile_dir"] / f"throughput-n{n}.txt"
             ctx.log(f"throughput n={n}: a profiled run (not counted) -> {out}")
             run_ours(ctx, n, ranks, f"{n}-profile", out)
+
+        def keep(key: str, ran: Ran, what: str) -> None:
+            runs[key].append(ran)
+            wall[key].append(n / ran.wall_s)
+            inner[key].append(n / ran.inner_s)
+            ctx.log(f"  {what}: {ran.wall_s:.2f} s wall ({n / ran.wall_s:.0f} jobs/s), inner {ran.inner_s:.2f} s, "
+                    f"machine CPU {1e6 * ran.busy_s / n:.1f} us/job")
+
         for i in range(repeats):
             ctx.log(f"throughput n={n}: repeat {i + 1}/{repeats}: hpc-edge run")
-            w, e = run_ours(ctx, n, ranks, f"{n}-{i}")
-            wall["ours"].append(n / w)
-            inner["ours"].append(n / e)
-            ctx.log(f"  hpc-edge run: {w:.2f} s wall ({n / w:.0f} jobs/s), elapsed_s {e:.2f}")
-            w, e = run_ours(ctx, n, ranks, f"{n}-{i}-scratch", node_local=NODE_LOCAL)
-            wall["ours_scratch"].append(n / w)
-            inner["ours_scratch"].append(n / e)
-            ctx.log(f"  hpc-edge run --scratch {NODE_LOCAL}: {w:.2f} s wall ({n / w:.0f} jobs/s), elapsed_s {e:.2f}")
+            keep("ours", run_ours(ctx, n, ranks, f"{n}-{i}"), "hpc-edge run")
+            keep("ours_scratch", run_ours(ctx, n, ranks, f"{n}-{i}-scratch", node_local=NODE_LOCAL),
+                 f"hpc-edge run --scratch {NODE_LOCAL}")
             for peer in peers:
                 if peer in errors or (peer == "parsl_htex" and i >= parsl_repeats):
                     continue
                 try:
-                    w, e = run_peer(ctx, peer, n, ranks, f"{n}-{i}")
+                    ran = run_peer(ctx, peer, n, ranks, f"{n}-{i}")
                 except BenchError as exc:
                     errors[peer] = f"error: {exc}"
                     ctx.log(f"  {peer}: {exc}")
                     continue
-                wall[peer].append(n / w)
-                inner[peer].append(n / e)
-                ctx.log(f"  {peer}: {w:.2f} s wall ({n / w:.0f} jobs/s), inner {e:.2f} s")
+                keep(peer, ran, peer)
 
         params = {"n": n, "payload": "/bin/true", "ranks": ranks, "peer_procs": ranks,
                   "repeats": repeats, "parsl_repeats": parsl_repeats,
@@ -180,5 +235,13 @@ def run(ctx: Context) -> list[Record]:
             notes="ours: N / summary elapsed_s (serving start to last job); peers: N / their timed phase "
                   "(Parsl: first submit to last result, after parsl.load). No target: informational",
             label=f"n={n} own elapsed"))
+        for key, case in (("ours", ""), ("ours_scratch", ", scratch")):
+            records.append(Record(
+                NAME, "CPU per job (us): what the machine spent during the whole command", params,
+                cpu_figure(runs[key], n, ranks), peer_cpu_figs(ctx, runs, errors, n),
+                notes="no target: where the CPU went (all cores, user + system + irq, from /proc/stat). ours' "
+                      "extra: the payloads' own CPU per job (from the store), the rest (hpc-edge's own per job), "
+                      "the command's and its waited-for processes' CPU, and the busy share of the 2 cores",
+                label=f"n={n} CPU per job{case}"))
     shutil.rmtree(NODE_LOCAL, ignore_errors=True)
     return records

@@ -53,6 +53,19 @@ def test_quick_throughput_writes_well_formed_records(tmp_path):
     assert [t["text"] for t in wall["targets"]] == [">= 0.8x raw subprocess", ">= 3x Parsl HTEX"]
     assert wall["targets"][0]["met"] in (True, False)   # raw ran, so this target was judged
     assert wall["targets"][1]["met"] is None            # Parsl skipped: not judged
+    cpu = [r for r in rows if r["figure"].startswith("CPU per job")]
+    assert [r["label"] for r in cpu] == ["n=200 CPU per job", "n=200 CPU per job, scratch"]
+    for row in cpu:
+        assert row["ours"]["unit"] == "us/job" and row["targets"] == []
+        extra = row["ours"]["extra"]
+        for machine, payloads, waited, share in zip(row["ours"]["values"], extra["payloads_us_per_job"],
+                                                    extra["waited_for_us_per_job"], extra["busy_share"]):
+            assert payloads > 0 and waited > payloads  # the command's processes include its payloads
+            # the machine spent at least what the command's processes did (/proc/stat counts in clock
+            # ticks: a margin for that), and no more than all its cores over the wall-clock
+            assert machine >= 0.75 * waited
+            assert 0 < share <= (os.cpu_count() or 1) / 2 + 0.1
+        assert row["peers"]["raw_subprocess"]["unit"] == "us/job" and row["peers"]["raw_subprocess"]["median"] > 0
     assert "throughput" in proc.stdout and str(files[0]) in proc.stdout.replace("\n", "")
 
 
