@@ -9,7 +9,25 @@ def _main() -> int:
         return 2
     from .worker import main
 
-    return main(sys.argv[2:])
+    try:
+        return main(sys.argv[2:])
+    except BaseException as exc:
+        if not (isinstance(exc, SystemExit) and exc.code in (0, None)):
+            _abort_job()
+        raise
+
+
+def _abort_job() -> None:
+    """This rank failed: end the whole MPI job now. The other ranks would otherwise wait for it in
+    their next collective (or in MPI_Finalize, which mpi4py calls at exit) until the walltime."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return
+    import traceback
+
+    traceback.print_exc()  # MPI_Abort ends this process before Python could print it
+    sys.stderr.flush()
+    mpi.COMM_WORLD.Abort(1)
 
 
 def _end(status: int) -> None:

@@ -1,11 +1,13 @@
-"""How a worker's ranks start MPI: settings of our own for MPI_Init, never passed on to the payloads."""
+"""How a worker's ranks start MPI: settings of our own for MPI_Init, never passed on to the payloads,
+and a rank that fails on its way up ends its MPI job at once."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from hpc_edge.worker import MPI_START_ENV, quiet_mpi_start
-from tests.helpers import jobs_by, run_json, write_workload
+from tests.helpers import jobs_by, run_cli, run_json, write_workload
 
 ENV_WORKLOAD = "tasks:\n  - name: env\n    command: env\n    count: 2\n"
 
@@ -45,3 +47,33 @@ def test_a_setting_the_site_made_reaches_the_payloads_unchanged(tmp_path):
                              "--data-dir", tmp_path / "run", env={"UCX_MEM_EVENTS": "yes"})
     assert code == 0 and summary["states"] == {"finished": 2}, summary
     assert [env.get("UCX_MEM_EVENTS") for env in payload_env(tmp_path / "run")] == ["yes", "yes"]
+
+
+# Loaded by every Python started with this directory on PYTHONPATH: on MPI rank 1 only (hydra sets
+# PMI_RANK), importing the executor fails, as a module broken on one node would.
+BREAK_RANK_1 = """\
+import os, sys
+class _Breaker:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hpc_edge.executor" and os.environ.get("PMI_RANK") == "1":
+            raise ImportError("cannot import on this node (test)")
+        return None
+sys.meta_path.insert(0, _Breaker())
+"""
+
+
+def test_a_rank_that_fails_on_its_way_up_ends_the_run_with_the_reason_not_a_hang(tmp_path):
+    breaker = tmp_path / "breaker"
+    breaker.mkdir()
+    (breaker / "sitecustomize.py").write_text(BREAK_RANK_1)
+    path = os.pathsep.join(p for p in (str(breaker), os.environ.get("PYTHONPATH", "")) if p)
+    wl = write_workload(tmp_path, "tasks:\n  - name: t\n    command: /bin/true\n    count: 4\n")
+    # before, rank 0 waited for rank 1 in MPI until the walltime, and the run with it
+    proc = run_cli("run", wl, "--ranks", 2, "--data-dir", tmp_path / "run", env={"PYTHONPATH": path},
+                   timeout=180)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "died before reaching the tower" in proc.stderr, proc.stderr[-2000:]
+    errs = sorted((tmp_path / "run" / "workers").glob("*/*.err"))
+    assert errs, "no worker log"
+    log = errs[-1].read_text()
+    assert "ImportError: cannot import on this node (test)" in log and "MPI_Abort" in log, log[-2000:]
