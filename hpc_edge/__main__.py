@@ -19,7 +19,9 @@ def _main() -> int:
 
 def _abort_job() -> None:
     """This rank failed: end the whole MPI job now. The other ranks would otherwise wait for it in
-    their next collective (or in MPI_Finalize, which mpi4py calls at exit) until the walltime."""
+    their next collective (and it for them in MPI_Finalize, which mpi4py calls at exit) until the
+    tower or the batch system ended the job: a worker that never reaches the tower is cancelled after
+    its queue's start_timeout_s, 600 s by default."""
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
         return

@@ -68,7 +68,8 @@ def test_a_rank_that_fails_on_its_way_up_ends_the_run_with_the_reason_not_a_hang
     (breaker / "sitecustomize.py").write_text(BREAK_RANK_1)
     path = os.pathsep.join(p for p in (str(breaker), os.environ.get("PYTHONPATH", "")) if p)
     wl = write_workload(tmp_path, "tasks:\n  - name: t\n    command: /bin/true\n    count: 4\n")
-    # before, rank 0 waited for rank 1 in MPI until the walltime, and the run with it
+    # before, rank 0 waited for rank 1 in MPI, and the run with it, until the tower cancelled the
+    # worker (start_timeout_s, 600 s by default)
     proc = run_cli("run", wl, "--ranks", 2, "--data-dir", tmp_path / "run", env={"PYTHONPATH": path},
                    timeout=180)
     assert proc.returncode == 2, proc.stderr[-2000:]
