@@ -23,8 +23,8 @@ def payload_env(data: Path) -> list[dict[str, str]]:
 
 def test_the_start_up_settings_fill_in_only_what_the_site_left_unset():
     environ = {"UCX_MEM_EVENTS": "yes", "PATH": "/bin"}
-    assert quiet_mpi_start(environ) == []
-    assert environ == {"UCX_MEM_EVENTS": "yes", "PATH": "/bin"}
+    assert quiet_mpi_start(environ) == [name for name in MPI_START_ENV if name != "UCX_MEM_EVENTS"]
+    assert environ == {**MPI_START_ENV, "UCX_MEM_EVENTS": "yes", "PATH": "/bin"}
     environ = {"PATH": "/bin"}
     assert quiet_mpi_start(environ) == list(MPI_START_ENV)
     assert environ == {"PATH": "/bin", **MPI_START_ENV}
