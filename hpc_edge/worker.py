@@ -117,8 +117,8 @@ def main(argv: list[str]) -> int:
 #   only large zero-copy transfers use, and the ranks send each other small messages. Here a 2-rank
 #   MPI start took 172.63 ms of CPU with the hooks and 88.91 ms without (376,417 and 371 sched_yield
 #   calls).
-# - MPICH waits in blocking calls (MPI_Init's wait for the node's other ranks, MPI_Finalize) by
-#   spinning on sched_yield, or with "heavy yield" by sleeping in nanosleep: a rank that waits so for
+# - MPICH waits in blocking calls (MPI_Init's wait for the node's other ranks among them) by spinning
+#   on sched_yield, or with "heavy yield" by sleeping in clock_nanosleep: a rank that waits so for
 #   another still starting leaves it the core. A 20,000-job run here made 246,427 sched_yield calls
 #   without it (another, recorded, 149,392, all in the first 0.21 s of its ranks), none with it.
 MPI_START_ENV = {"UCX_MEM_EVENTS": "no", "MPIR_CVAR_ENABLE_HEAVY_YIELD": "1"}
