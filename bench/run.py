@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import allocation, eventservice, relays, throughput, tower_scale  # noqa: E402
+from bench import allocation, batch, eventservice, relays, throughput, tower_scale  # noqa: E402
 from bench.harness import BENCH, Context, Record, ensure_peers_venv, ensure_py_spy, machine_facts, unavailable  # noqa: E402
 
 BENCHMARKS = {
@@ -36,6 +36,7 @@ BENCHMARKS = {
     "tower_scale": tower_scale,
     "relays": relays,
     "eventservice": eventservice,
+    "batch": batch,
 }
 
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 "command": " ".join([Path(sys.executable).name, "bench/run.py", *(sys.argv[1:] if argv is None
                                                                                     else argv)])}
     peers_status = "skipped: --no-parsl given" if args.no_parsl else None
-    if peers_status is None and "throughput" in names:
+    if peers_status is None and ("throughput" in names or "batch" in names):
         why = ensure_peers_venv(log)
         peers_status = None if why is None else f"skipped: {why}"
     profile_dir = None

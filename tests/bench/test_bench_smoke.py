@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import slurm_available
+
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.bench_smoke
@@ -86,10 +88,12 @@ def test_quick_bench_runs_every_benchmark(quick_bench):
     for row in quick_bench:
         figures.setdefault(row["benchmark"], []).append(row["figure"])
         ours = row["ours"]
+        if row["benchmark"] == "batch" and not slurm_available()[0]:
+            continue  # skipped without a Slurm cluster: test_quick_batch_goes_through_slurm says so
         assert ours["status"] == "ok", (row["benchmark"], row["figure"], ours["status"])
         assert ours["repeats"] == len(ours["values"]) >= 1 and ours["min"] <= ours["median"] <= ours["max"]
         assert row["run"]["quick"] is True and row["met"] in (True, False, None)
-    assert sorted(figures) == ["allocation", "eventservice", "relays", "throughput", "tower_scale"]
+    assert sorted(figures) == ["allocation", "batch", "eventservice", "relays", "throughput", "tower_scale"]
     assert "event ranges/s over the wall-clock of `hpc-edge run`" in figures["eventservice"]
     assert "busy core-s / (core slots x makespan), from the store" in figures["allocation"]
     assert "dispatch round trip p99 (Request -> Work)" in figures["tower_scale"]
@@ -112,3 +116,30 @@ def test_quick_relays_reports_updates_and_heartbeats(quick_bench):
     run = rows["job updates acked per second (steady window)"]["ours"]["extra"]["runs"][0]
     if len(os.sched_getaffinity(0)) >= 2:  # the tower alone on its core
         assert len(run["tower_cpus"]) == 1 and not set(run["tower_cpus"]) & set(run["generator_cpus"])
+
+
+def test_quick_batch_goes_through_slurm(quick_bench):
+    rows = {r["figure"]: r for r in quick_bench if r["benchmark"] == "batch"}
+    ok, why = slurm_available()
+    if not ok:
+        (row,) = rows.values()  # one record, saying why
+        assert row["ours"]["status"].startswith("skipped: ") and row["ours"]["values"] == []
+        if os.environ.get("HPC_EDGE_REQUIRE_SLURM") == "1":
+            pytest.fail(f"HPC_EDGE_REQUIRE_SLURM=1 but Slurm is not usable: {why}")
+        pytest.skip(f"the batch benchmark needs a real Slurm cluster: {why}")
+    end_to_end = rows["jobs/s from submit to the last payload's end, through Slurm"]
+    first = rows["seconds from submit to the first payload's start, through Slurm"]["ours"]
+    running = rows["jobs/s from the first payload's start to the last one's end, through Slurm"]["ours"]
+    params = end_to_end["params"]
+    assert params["n"] == 300 and params["launcher"] == "slurm" and params["partition"]
+    ours = end_to_end["ours"]
+    assert ours["status"] == "ok" and ours["repeats"] == 1 and ours["median"] > 0
+    # the three figures come from one run's store: submit -> first start -> last end
+    total_s = params["n"] / ours["median"]
+    assert 0 < first["median"] < total_s
+    assert running["median"] == pytest.approx(params["n"] / (total_s - first["median"]))
+    for peer in ("slurm_array", "srun_steps"):
+        assert end_to_end["peers"][peer]["status"] == "ok" and end_to_end["peers"][peer]["median"] > 0, peer
+        assert end_to_end["ratios"][peer] == pytest.approx(ours["median"] / end_to_end["peers"][peer]["median"])
+    assert params["slurm_array_jobs"] == 30 and params["srun_steps_jobs"] == 10
+    assert end_to_end["peers"]["parsl_htex_slurm"]["status"].startswith("skipped: ")  # --no-parsl
