@@ -151,6 +151,8 @@ def build_app(service) -> web.Application:
             return _error(400, f"bad body: {exc}")
         result = tower.retry_jobs(sorted(ids))
         tower.flush()
+        if result["retried"]:
+            service.work_arrived = True
         return web.json_response(result)
 
     app.add_routes([

@@ -55,6 +55,9 @@ class Service:
         self.api = None
         self.interrupted = 0
         self.stop_requested = False
+        # work arrived (a submit, a retry) since the provisioner last looked: it looks at the next turn,
+        # not at its next cycle, so a user's first jobs wait for no provision_interval_s
+        self.work_arrived = False
 
     # ---- setting up ---------------------------------------------------------------------------
     def open(self) -> None:
@@ -79,6 +82,7 @@ class Service:
             if task.event_service:
                 self.tower.ranges.add_task(task_id, task, fresh=True)
             ids.append(task_id)
+        self.work_arrived = True
         return ids
 
     async def start(self, workload: Workload | None = None) -> None:
@@ -100,6 +104,7 @@ class Service:
             except BaseException:
                 await self.shutdown()  # the worker just sent out is stopped, not left running
                 raise
+            self.work_arrived = False  # the cycle above counted it already
         if self.api_bind:
             from .api import start_api
 
@@ -145,7 +150,8 @@ class Service:
             now = time.monotonic()
             if until_done and self.tower.done() and self.provisioner.cheap_status():
                 next_cycle = now  # all done: notice the last local worker leave at once, not a cycle later
-            if now >= next_cycle and not self.stop_requested:
+            if (now >= next_cycle or self.work_arrived) and not self.stop_requested:
+                self.work_arrived = False
                 await self.provisioner.cycle()
                 next_cycle = now + self.provision_interval_s
             if tick:

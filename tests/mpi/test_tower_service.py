@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers import EXAMPLES, processes_under, run_cli, wait_for, write_workload
+from tests.helpers import EXAMPLES, processes_under, query, run_cli, wait_for, write_workload
 
 pytestmark = pytest.mark.mpi
 
@@ -115,3 +115,44 @@ def test_a_run_whose_workload_cannot_be_stored_stops_the_worker_it_sent_out(tmp_
         service.close()
     assert [(w["worker_id"], w["state"]) for w in workers] == [("local-00001", "cancelled")]
     assert processes_under(data) == []
+
+
+def test_a_submit_or_a_retry_brings_a_worker_at_once_not_at_the_next_cycle(tmp_path):
+    # the provisioner's cycle is 10 minutes: each worker here must come from the submit or the retry
+    home = tmp_path / "tower"
+    site = write_workload(tmp_path, """
+name: slow-cycle
+tower: {idle_drain_s: 1, heartbeat_s: 2}
+provision_interval_s: 600
+queues:
+  - {name: local, launcher: local, ranks_per_node: 2, cores_per_rank: 1, max_running: 1, max_queued: 1}
+""", "site.yaml")
+    workload = write_workload(tmp_path, """
+name: once
+tasks:
+  - name: t
+    command: test {index} -ne 2
+    count: 4
+    max_attempts: 1
+""")
+    env = {"HPC_EDGE_HOME": str(home)}
+    run_cli("tower", "start", "--site", site, env=env, check=True)
+    try:
+        assert query(home, "SELECT count(*) FROM workers") == [(0,)]  # no work yet: no worker
+        run_cli("submit", workload, env=env, check=True)
+
+        def totals():
+            return json.loads(run_cli("status", "--json", env=env, check=True).stdout)["totals"]
+
+        wait_for(lambda: totals().get("finished") == 3 and totals().get("failed") == 1, 120, "3 finished, 1 failed")
+        # the worker drains once idle and leaves; the retried job needs a new one
+        wait_for(lambda: query(home, "SELECT state FROM workers") == [("done",)], 120, "the first worker done")
+        (job_id,) = query(home, "SELECT job_id FROM jobs WHERE state='failed'")[0]
+        run_cli("retry", job_id, env=env, check=True)
+        wait_for(lambda: query(home, "SELECT attempt, state FROM jobs WHERE job_id=?", (job_id,)) == [(2, "failed")],
+                 120, "the retried job's second attempt")
+        assert [s for (s,) in query(home, "SELECT state FROM workers ORDER BY worker_id")][:1] == ["done"]
+        assert query(home, "SELECT count(*) FROM workers") == [(2,)]
+    finally:
+        stopped = run_cli("tower", "stop", env=env)
+    assert stopped.returncode == 0, stopped.stderr
