@@ -13,6 +13,9 @@ from the tower's store (the payloads' own start and end times, so no poll interv
   jobs/s from the first payload's start to the last one's end
 
 Peers, in the same run, each repeat after ours, each on an empty queue:
+  raw_in_batch_job  one batch job of 2 tasks whose script runs the raw peer of ``throughput``
+                    (``subprocess.run(['/bin/true'])`` from 2 processes, peers/raw_true.py), N times:
+                    the floor, with nothing tracked, retried or reported
   slurm_array       ``sbatch --array=0-(M-1) --wrap=/bin/true``: one Slurm job per payload, as many at
                     once as the node's CPUs allow (M: at most 500, and below the cluster's MaxArraySize)
   srun_steps        one batch job of 2 tasks whose script runs M ``srun -n1 --exact /bin/true`` steps,
@@ -36,6 +39,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -57,7 +61,7 @@ from .harness import (
 from .towerctl import write_true_workload
 
 NAME = "batch"
-PEER_NAMES = ("slurm_array", "srun_steps", "parsl_htex_slurm")
+PEER_NAMES = ("raw_in_batch_job", "slurm_array", "srun_steps", "parsl_htex_slurm")
 RANKS = 2
 
 SITE = """name: bench-batch
@@ -79,6 +83,11 @@ queues:
     walltime: 30m
     max_running: 1
     max_queued: 1
+"""
+
+RAW_SCRIPT = """#!/bin/bash
+# {n} payloads from 2 processes, nothing tracked: the floor of this path
+exec {python} {raw} {n} 2
 """
 
 STEPS_SCRIPT = """#!/bin/bash
@@ -204,19 +213,20 @@ def run_array(ctx: Context, m: int, tag: str) -> float:
     return m / (wait_queue_empty([job], 3600) - started)
 
 
-def run_steps(ctx: Context, m: int, tag: str) -> float:
-    where = ctx.scratch(f"batch-steps-{tag}")
-    script = where / "steps.sh"
-    script.write_text(STEPS_SCRIPT.format(m=m))
+def run_script(ctx: Context, name: str, text: str, jobs: int, tag: str) -> float:
+    """A 2-task batch job running ``text``: its jobs over sbatch -> gone from squeue (nothing on stderr)."""
+    where = ctx.scratch(f"batch-{name}-{tag}")
+    script = where / f"{name}.sh"
+    script.write_text(text)
     script.chmod(0o755)
     started = time.perf_counter()
-    job = sbatch(["-n", str(RANKS), "-o", str(where / "steps.out"), "-e", str(where / "steps.err"), str(script)],
+    job = sbatch(["-n", str(RANKS), "-o", str(where / f"{name}.out"), "-e", str(where / f"{name}.err"), str(script)],
                  where)
     ended = wait_queue_empty([job], 3600)
-    errors = (where / "steps.err").read_text() if (where / "steps.err").exists() else ""
+    errors = (where / f"{name}.err").read_text() if (where / f"{name}.err").exists() else ""
     if errors.strip():
-        raise BenchError(f"srun steps: {tail(errors)}")
-    return m / (ended - started)
+        raise BenchError(f"{name}: {tail(errors)}")
+    return jobs / (ended - started)
 
 
 def run_parsl(ctx: Context, partition: str, n: int, tag: str) -> float:
@@ -240,17 +250,20 @@ def run(ctx: Context) -> list[Record]:
             else f"skipped: {why}"
         return [Record(NAME, "jobs/s from submit to the last payload's end, through Slurm", params,
                        unavailable(status, "jobs/s"), label=label)]
-    params.update({"partition": partition, "slurm_array_jobs": m_array, "srun_steps_jobs": m_steps,
-                   "parsl_jobs": n, "parsl": "HighThroughputExecutor, SlurmProvider (1 node, 2 cores, not "
-                                             "exclusive), max_workers_per_node=2, bash_app 'true'"})
+    params.update({"partition": partition, "raw_in_batch_job_jobs": n, "slurm_array_jobs": m_array,
+                   "srun_steps_jobs": m_steps, "parsl_jobs": n,
+                   "parsl": "HighThroughputExecutor, SlurmProvider (1 node, 2 cores, not exclusive), "
+                            "max_workers_per_node=2, bash_app 'true'"})
     repeats = ctx.repeats(full=3, quick=1)
     ours: dict[str, list[float]] = {"rate": [], "first_start_s": [], "run_rate": []}
     series: dict[str, list[float]] = {k: [] for k in PEER_NAMES}
     errors: dict[str, str] = {}
     if ctx.peers_status is not None:
         errors["parsl_htex_slurm"] = ctx.peers_status
-    runners = {"slurm_array": lambda i: run_array(ctx, m_array, f"{i}"),
-               "srun_steps": lambda i: run_steps(ctx, m_steps, f"{i}"),
+    raw = RAW_SCRIPT.format(n=n, python=sys.executable, raw=PEERS / "raw_true.py")
+    runners = {"raw_in_batch_job": lambda i: run_script(ctx, "raw", raw, n, f"{i}"),
+               "slurm_array": lambda i: run_array(ctx, m_array, f"{i}"),
+               "srun_steps": lambda i: run_script(ctx, "steps", STEPS_SCRIPT.format(m=m_steps), m_steps, f"{i}"),
                "parsl_htex_slurm": lambda i: run_parsl(ctx, partition, n, f"{i}")}
     for i in range(repeats):
         ctx.log(f"batch n={n}: repeat {i + 1}/{repeats}: hpc-edge tower + submit, worker through Slurm")

@@ -138,8 +138,8 @@ def test_quick_batch_goes_through_slurm(quick_bench):
     total_s = params["n"] / ours["median"]
     assert 0 < first["median"] < total_s
     assert running["median"] == pytest.approx(params["n"] / (total_s - first["median"]))
-    for peer in ("slurm_array", "srun_steps"):
+    for peer in ("raw_in_batch_job", "slurm_array", "srun_steps"):
         assert end_to_end["peers"][peer]["status"] == "ok" and end_to_end["peers"][peer]["median"] > 0, peer
         assert end_to_end["ratios"][peer] == pytest.approx(ours["median"] / end_to_end["peers"][peer]["median"])
-    assert params["slurm_array_jobs"] == 30 and params["srun_steps_jobs"] == 10
+    assert params["raw_in_batch_job_jobs"] == 300 and params["slurm_array_jobs"] == 30 and params["srun_steps_jobs"] == 10
     assert end_to_end["peers"]["parsl_htex_slurm"]["status"].startswith("skipped: ")  # --no-parsl
