@@ -293,7 +293,7 @@ def run(ctx: Context) -> list[Record]:
                label=label),
         Record(NAME, "seconds from submit to the first payload's start, through Slurm", params,
                Figure("s", ours["first_start_s"]),
-               notes="the provisioner's next cycle, sbatch, Slurm starting the job, srun, MPI and the relay's "
+               notes="the provisioner's look (at once on a submit), sbatch, Slurm starting the job, srun, MPI and the relay's "
                      "hello", label=label),
         Record(NAME, "jobs/s from the first payload's start to the last one's end, through Slurm", params,
                Figure("jobs/s", ours["run_rate"]), label=label),
