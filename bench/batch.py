@@ -170,7 +170,8 @@ def run_ours(ctx: Context, partition: str, n: int, tag: str) -> dict:
         if got.returncode != 0:
             ctx.log(f"  hpc-edge tower stop exited {got.returncode}: {tail(got.stderr)}")
         # the stop cancels the worker's batch job: the next run starts on an empty queue
-        batch_ids = [r[0] for r in query(home / "store.sqlite", "SELECT batch_id FROM workers WHERE batch_id IS NOT NULL")]
+        batch_ids = [r[0] for r in query(home / "store.sqlite",
+                                         "SELECT batch_id FROM workers WHERE batch_id IS NOT NULL")]
         if batch_ids:
             wait_queue_empty(batch_ids, 120)
     return figures
@@ -293,8 +294,8 @@ def run(ctx: Context) -> list[Record]:
                label=label),
         Record(NAME, "seconds from submit to the first payload's start, through Slurm", params,
                Figure("s", ours["first_start_s"]),
-               notes="the provisioner's look (at once on a submit), sbatch, Slurm starting the job, srun, MPI and the relay's "
-                     "hello", label=label),
+               notes="the provisioner's look (at once on a submit), sbatch, Slurm starting the job, srun, MPI "
+                     "and the relay's hello", label=label),
         Record(NAME, "jobs/s from the first payload's start to the last one's end, through Slurm", params,
                Figure("jobs/s", ours["run_rate"]), label=label),
     ]

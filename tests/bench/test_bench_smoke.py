@@ -141,5 +141,5 @@ def test_quick_batch_goes_through_slurm(quick_bench):
     for peer in ("raw_in_batch_job", "slurm_array", "srun_steps"):
         assert end_to_end["peers"][peer]["status"] == "ok" and end_to_end["peers"][peer]["median"] > 0, peer
         assert end_to_end["ratios"][peer] == pytest.approx(ours["median"] / end_to_end["peers"][peer]["median"])
-    assert params["raw_in_batch_job_jobs"] == 300 and params["slurm_array_jobs"] == 30 and params["srun_steps_jobs"] == 10
+    assert (params["raw_in_batch_job_jobs"], params["slurm_array_jobs"], params["srun_steps_jobs"]) == (300, 30, 10)
     assert end_to_end["peers"]["parsl_htex_slurm"]["status"].startswith("skipped: ")  # --no-parsl
