@@ -34,18 +34,15 @@ that an error, as in the tests.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from .harness import (
-    HPC_EDGE,
     PEERS,
     PEERS_PYTHON,
     BenchError,
@@ -58,7 +55,7 @@ from .harness import (
     timed,
     unavailable,
 )
-from .towerctl import write_true_workload
+from .towerctl import BenchTower, write_true_workload
 
 NAME = "batch"
 PEER_NAMES = ("raw_in_batch_job", "slurm_array", "srun_steps", "parsl_htex_slurm")
@@ -150,38 +147,32 @@ def sbatch(argv: list[str], cwd: Path) -> str:
 # ---- ours -----------------------------------------------------------------------------------------
 def run_ours(ctx: Context, partition: str, n: int, tag: str) -> dict:
     where = ctx.scratch(f"batch-{tag}")
-    home = where / "home"
-    site = where / "site.yaml"
-    site.write_text(SITE.format(partition=partition, ranks=RANKS))
+    tower = BenchTower(where / "home", site_text=SITE.format(partition=partition, ranks=RANKS))
     workload = write_true_workload(where / "workload.yaml", n, name="bench-batch")
-    got = timed([HPC_EDGE, "tower", "start", "--data-dir", home, "--site", site, "--log-level", "WARNING"], timeout=120)
-    if got.returncode != 0:
-        raise BenchError(f"hpc-edge tower start exited {got.returncode}: {tail(got.stderr)}")
-    info = json.loads((home / "tower.json").read_text())
+    tower.start()
     try:
         submitted = time.time()
-        got = timed([HPC_EDGE, "submit", workload, "--data-dir", home], timeout=600)
-        if got.returncode != 0:
-            raise BenchError(f"hpc-edge submit exited {got.returncode}: {tail(got.stderr)}")
-        wait_finished(info["api"], n, timeout_s=600)
-        figures = from_store(home / "store.sqlite", n, submitted)
+        _, error = tower.submit(workload, timeout=600)
+        if error is not None:
+            raise BenchError(f"hpc-edge submit: {error}")
+        wait_finished(tower, n, timeout_s=600)
+        figures = from_store(tower.home / "store.sqlite", n, submitted)
+        tower.stop()  # stops the worker: its batch job is cancelled
     finally:
-        got = timed([HPC_EDGE, "tower", "stop", "--data-dir", home], timeout=180)
-        if got.returncode != 0:
-            ctx.log(f"  hpc-edge tower stop exited {got.returncode}: {tail(got.stderr)}")
-        # the stop cancels the worker's batch job: the next run starts on an empty queue
-        batch_ids = [r[0] for r in query(home / "store.sqlite",
+        tower.kill()
+        # the next run starts on an empty queue (after a kill, the worker's batch job is cancelled here)
+        batch_ids = [r[0] for r in query(tower.home / "store.sqlite",
                                          "SELECT batch_id FROM workers WHERE batch_id IS NOT NULL")]
         if batch_ids:
+            subprocess.run(["scancel", *batch_ids], capture_output=True, timeout=60)
             wait_queue_empty(batch_ids, 120)
     return figures
 
 
-def wait_finished(api: str, n: int, timeout_s: float) -> None:
+def wait_finished(tower: BenchTower, n: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(api + "/api/status", timeout=60) as response:
-            totals = json.loads(response.read())["totals"]
+        totals = tower.status(timeout=60)["totals"]
         if totals.get("finished", 0) == n:
             return
         if any(totals.get(s, 0) for s in ("failed", "cancelled")):

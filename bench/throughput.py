@@ -178,8 +178,6 @@ def run(ctx: Context) -> list[Record]:
         repeats = ctx.repeats(full=3, quick=2)
         peers = [p for p in PEER_NAMES if p != "parsl_htex" or ctx.peers_status is None]
         parsl_repeats = ctx.repeats(full=3, quick=1)
-        wall: dict[str, list[float]] = {k: [] for k in ("ours", "ours_scratch", *peers)}
-        inner: dict[str, list[float]] = {k: [] for k in ("ours", "ours_scratch", *peers)}
         runs: dict[str, list[Ran]] = {k: [] for k in ("ours", "ours_scratch", *peers)}
         errors: dict[str, str] = {}
         if ctx.options.get("profile_dir"):
@@ -190,8 +188,6 @@ def run(ctx: Context) -> list[Record]:
 
         def keep(key: str, ran: Ran, what: str) -> None:
             runs[key].append(ran)
-            wall[key].append(n / ran.wall_s)
-            inner[key].append(n / ran.inner_s)
             ctx.log(f"  {what}: {ran.wall_s:.2f} s wall ({n / ran.wall_s:.0f} jobs/s), inner {ran.inner_s:.2f} s, "
                     f"machine CPU {1e6 * ran.busy_s / n:.1f} us/job")
 
@@ -211,6 +207,8 @@ def run(ctx: Context) -> list[Record]:
                     continue
                 keep(peer, ran, peer)
 
+        wall = {k: [n / r.wall_s for r in got] for k, got in runs.items()}
+        inner = {k: [n / r.inner_s for r in got] for k, got in runs.items()}
         params = {"n": n, "payload": "/bin/true", "ranks": ranks, "peer_procs": ranks,
                   "repeats": repeats, "parsl_repeats": parsl_repeats,
                   "parsl": "HighThroughputExecutor, LocalProvider, max_workers_per_node=2, bash_app 'true'"}

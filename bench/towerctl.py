@@ -34,17 +34,18 @@ queues: []
 
 
 class BenchTower:
-    def __init__(self, home: Path, lost_after_s: float = 3600):
+    def __init__(self, home: Path, lost_after_s: float = 3600, site_text: str | None = None):
+        """``site_text``: the site config to start with (default: no queues, relays lost after ``lost_after_s``)."""
         self.home = home
         self.site = home.parent / f"{home.name}-site.yaml"
-        self.lost_after_s = lost_after_s
+        self.site_text = site_text or SITE_NO_QUEUES.format(lost_after_s=lost_after_s)
         self.info: dict = {}
         self.proc: psutil.Process | None = None
 
     def start(self) -> float:
         """Start it; the wall-clock of ``hpc-edge tower start``."""
         self.home.mkdir(parents=True, exist_ok=True)
-        self.site.write_text(SITE_NO_QUEUES.format(lost_after_s=self.lost_after_s))
+        self.site.write_text(self.site_text)
         got = timed([HPC_EDGE, "tower", "start", "--data-dir", self.home, "--site", self.site,
                      "--log-level", "WARNING"], timeout=120)
         if got.returncode != 0:
