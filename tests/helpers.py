@@ -97,12 +97,13 @@ def write_workload(tmp_path: Path, text: str, name: str = "workload.yaml") -> Pa
     return path
 
 
-def local_tower_site(tmp_path: Path, tower: str = "{heartbeat_s: 2, idle_drain_s: 60}") -> tuple[Path, dict, Path]:
-    """(home, env, site) for a daemon tower whose one queue starts 2-rank local workers."""
+def local_tower_site(tmp_path: Path, tower: str = "{heartbeat_s: 2, idle_drain_s: 60}",
+                     provision_interval_s: float = 0.5) -> tuple[Path, dict, Path]:
+    """(home, env, site) for a daemon tower whose one queue starts 2-rank local workers (one at a time)."""
     home = tmp_path / "tower"
     site = write_workload(tmp_path, f"""
 tower: {tower}
-provision_interval_s: 0.5
+provision_interval_s: {provision_interval_s}
 queues: [{{name: local, launcher: local, ranks_per_node: 2, cores_per_rank: 1}}]
 """, "site.yaml")
     return home, {"HPC_EDGE_HOME": str(home)}, site

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers import EXAMPLES, processes_under, query, run_cli, wait_for, write_workload
+from tests.helpers import EXAMPLES, local_tower_site, processes_under, query, run_cli, wait_for, write_workload
 
 pytestmark = pytest.mark.mpi
 
@@ -119,14 +119,7 @@ def test_a_run_whose_workload_cannot_be_stored_stops_the_worker_it_sent_out(tmp_
 
 def test_a_submit_or_a_retry_brings_a_worker_at_once_not_at_the_next_cycle(tmp_path):
     # the provisioner's cycle is 10 minutes: each worker here must come from the submit or the retry
-    home = tmp_path / "tower"
-    site = write_workload(tmp_path, """
-name: slow-cycle
-tower: {idle_drain_s: 1, heartbeat_s: 2}
-provision_interval_s: 600
-queues:
-  - {name: local, launcher: local, ranks_per_node: 2, cores_per_rank: 1, max_running: 1, max_queued: 1}
-""", "site.yaml")
+    home, env, site = local_tower_site(tmp_path, tower="{idle_drain_s: 1, heartbeat_s: 2}", provision_interval_s=600)
     workload = write_workload(tmp_path, """
 name: once
 tasks:
@@ -135,7 +128,6 @@ tasks:
     count: 4
     max_attempts: 1
 """)
-    env = {"HPC_EDGE_HOME": str(home)}
     run_cli("tower", "start", "--site", site, env=env, check=True)
     try:
         assert query(home, "SELECT count(*) FROM workers") == [(0,)]  # no work yet: no worker
