@@ -15,6 +15,10 @@ Peers, in the same run and interleaved with ours repeat by repeat:
   process_pool    ``ProcessPoolExecutor(2).map`` of a function doing that (peers/pool_true.py)
   parsl_htex      Parsl HighThroughputExecutor, LocalProvider, 2 workers, bash_app ``true``
                   (peers/parsl_true.py, in bench/.peers-venv)
+  spawn_floor     a floor, not a tool: a rank's per-payload process and file work (own directory in
+                  node-local RAM, session, log files, wait4, the report and log checks, clean-up) in C
+                  from 2 processes, nothing tracked (peers/spawn_floor.c, built with ``cc``); ours /
+                  this is what tracking the jobs costs
 Peers' wall-clock is of their whole script too; their inner figure is their timed phase.
 
 A third figure, without a target, says where a run's CPU went: the CPU the whole machine spent
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +58,7 @@ from .harness import (
 
 NAME = "throughput"
 NODE_LOCAL = Path("/dev/shm/hpc-edge-bench")  # node-local RAM, as a site would give payloads for --scratch
-PEER_NAMES = ("raw_subprocess", "process_pool", "parsl_htex")
+PEER_NAMES = ("raw_subprocess", "process_pool", "parsl_htex", "spawn_floor")
 
 
 def workload_yaml(n: int) -> str:
@@ -117,10 +122,34 @@ def payloads_cpu_s(store: Path, n: int) -> float:
     return float(total)
 
 
-def run_peer(ctx: Context, peer: str, n: int, procs: int, tag: str) -> Ran:
-    """One run of a peer's script."""
+def build_spawn_floor(ctx: Context) -> tuple[Path | None, str | None]:
+    """peers/spawn_floor.c built with the system's C compiler: (the program, None) or (None, why not)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None, "skipped: no C compiler (cc or gcc) to build bench/peers/spawn_floor.c"
+    program = ctx.scratch("spawn-floor") / "spawn_floor"
+    got = subprocess.run([cc, "-O2", "-o", str(program), str(PEERS / "spawn_floor.c")], capture_output=True,
+                         text=True)
+    if got.returncode != 0:
+        return None, f"error: {cc} could not build bench/peers/spawn_floor.c: {tail(got.stderr)}"
+    return program, None
+
+
+def run_peer(ctx: Context, peer: str, n: int, procs: int, tag: str, floor: Path | None = None) -> Ran:
+    """One run of a peer's script (``floor``: the built spawn_floor program)."""
     where = ctx.scratch(f"peer-{peer}-{tag}")
     # a peer's temporary files go with its scratch directory (Parsl leaves a multiprocessing pymp-* directory per run)
+    if peer == "spawn_floor":
+        dirs = NODE_LOCAL / f"floor-{tag}"  # node-local RAM, as ours with --scratch
+        dirs.mkdir(parents=True, exist_ok=True)
+        try:
+            got = timed([floor, n, procs, dirs], cwd=where, timeout=3600)
+        finally:
+            shutil.rmtree(dirs, ignore_errors=True)
+        if got.returncode != 0:
+            raise BenchError(f"{peer} exited {got.returncode}: {tail(got.stderr)}")
+        out = last_json_line(got.stdout)
+        return Ran(got.wall_s, float(out["inner_s"]), got.busy_s, got.cpu_s)
     if peer == "parsl_htex":
         argv = [PEERS_PYTHON, PEERS / "parsl_true.py", n, procs, where / "runinfo"]
         env = {**peers_env(), "TMPDIR": str(where)}
@@ -174,12 +203,15 @@ def peer_cpu_figs(ctx: Context, runs: dict[str, list[Ran]], errors: dict[str, st
 def run(ctx: Context) -> list[Record]:
     ranks = 2
     records = []
+    floor, why_not = build_spawn_floor(ctx)
+    if why_not:
+        ctx.log(f"throughput: spawn_floor: {why_not}")
     for n in sizes(ctx):
         repeats = ctx.repeats(full=3, quick=2)
         peers = [p for p in PEER_NAMES if p != "parsl_htex" or ctx.peers_status is None]
         parsl_repeats = ctx.repeats(full=3, quick=1)
         runs: dict[str, list[Ran]] = {k: [] for k in ("ours", "ours_scratch", *peers)}
-        errors: dict[str, str] = {}
+        errors: dict[str, str] = {"spawn_floor": why_not} if why_not else {}
         if ctx.options.get("profile_dir"):
             # a separate, extra run under py-spy: its figures are not kept (the sampler costs time)
             out = ctx.options["profile_dir"] / f"throughput-n{n}.txt"
@@ -200,7 +232,7 @@ def run(ctx: Context) -> list[Record]:
                 if peer in errors or (peer == "parsl_htex" and i >= parsl_repeats):
                     continue
                 try:
-                    ran = run_peer(ctx, peer, n, ranks, f"{n}-{i}")
+                    ran = run_peer(ctx, peer, n, ranks, f"{n}-{i}", floor)
                 except BenchError as exc:
                     errors[peer] = f"error: {exc}"
                     ctx.log(f"  {peer}: {exc}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.bench_smoke
 
 FIGURE_KEYS = {"status", "unit", "repeats", "median", "min", "max", "values"}
+HAVE_CC = bool(shutil.which("cc") or shutil.which("gcc"))
 
 
 def test_quick_throughput_writes_well_formed_records(tmp_path):
@@ -39,12 +41,14 @@ def test_quick_throughput_writes_well_formed_records(tmp_path):
         assert FIGURE_KEYS <= set(ours), f"our figure lacks {FIGURE_KEYS - set(ours)}"
         assert ours["status"] == "ok" and ours["repeats"] == len(ours["values"]) >= 1
         assert ours["min"] <= ours["median"] <= ours["max"] and ours["min"] > 0
-        assert set(row["peers"]) == {"raw_subprocess", "process_pool", "parsl_htex"}
-        for name in ("raw_subprocess", "process_pool"):
+        assert set(row["peers"]) == {"raw_subprocess", "process_pool", "parsl_htex", "spawn_floor"}
+        for name in ("raw_subprocess", "process_pool", *(["spawn_floor"] if HAVE_CC else [])):
             assert row["peers"][name]["status"] == "ok" and row["peers"][name]["median"] > 0
             assert row["ratios"][name] == pytest.approx(ours["median"] / row["peers"][name]["median"])
         assert row["peers"]["parsl_htex"]["status"].startswith("skipped: ")
         assert row["ratios"]["parsl_htex"] is None
+        if not HAVE_CC:  # the C floor is built with the system's compiler, when it has one
+            assert row["peers"]["spawn_floor"]["status"].startswith("skipped: no C compiler")
         for target in row["targets"]:
             assert {"text", "op", "value", "actual", "met"} <= set(target)
         assert row["met"] in (True, False, None)
