@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from .service import INFO_NAME, Service, ServiceError
+from .service import INFO_NAME, Service, ServiceError, claim_data_dir
 from .site import SiteConfig, load_site
 
 logger = logging.getLogger(__name__)
@@ -37,19 +37,17 @@ def running_pid(data_dir: Path) -> int | None:
 def serve_foreground(data_dir: Path, site_path: Path | None, log_level: str) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     site = load_site(site_path) if site_path else SiteConfig()
-    other = running_pid(data_dir)
-    if other is not None and other != os.getpid():
-        raise ServiceError(f"a tower (pid {other}) already runs on {data_dir}")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    (data_dir / PID_NAME).write_text(f"{os.getpid()}\n")
     service = Service(data_dir, site.tower, site.queues, api_bind=site.api.bind,
                       provision_interval_s=site.provision_interval_s, log_level=log_level)
+    service.claim()  # another tower on this directory (a daemon, an hpc-edge run): refused, its files untouched
     try:
+        (data_dir / PID_NAME).write_text(f"{os.getpid()}\n")
         service.open()
         asyncio.run(_serve(service))
     finally:
-        service.close()
         (data_dir / PID_NAME).unlink(missing_ok=True)
+        service.close()
 
 
 async def _serve(service: Service) -> None:
@@ -65,9 +63,7 @@ def start_daemon(data_dir: Path, site_path: Path | None, log_level: str, timeout
     data_dir.mkdir(parents=True, exist_ok=True)
     if site_path:
         load_site(site_path)  # refuse a bad site config here, with its line, not in the log
-    pid = running_pid(data_dir)
-    if pid is not None:
-        raise ServiceError(f"a tower (pid {pid}) already runs on {data_dir}")
+    claim_data_dir(data_dir).release()  # refuse here, in one line, if another tower holds it
     (data_dir / INFO_NAME).unlink(missing_ok=True)
     argv = [sys.executable, "-m", "control_tower.cli", "tower", "start", "--foreground",
             "--data-dir", str(data_dir), "--log-level", log_level]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .provisioner import QueueConfig
-from .service import INFO_NAME, STORE_NAME, Service, ServiceError
+from .service import LOCK_NAME, STORE_NAME, Service, ServiceError
 from .store import TERMINAL
 from .tower import TowerConfig
 from .workload import Workload
@@ -42,29 +42,13 @@ class RunOptions:
     log_level: str = "WARNING"
 
 
-def running_tower(data_dir: Path) -> int | None:
-    """The pid of a live tower or run serving this directory, if any."""
-    import json
-
-    import psutil
-
-    try:
-        pid = json.loads((data_dir / INFO_NAME).read_text())["pid"]
-        proc = psutil.Process(pid)
-        return pid if proc.status() != psutil.STATUS_ZOMBIE and pid != os.getpid() else None
-    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
-        return None
-
-
 def prepare_data_dir(opts: RunOptions) -> bool:
-    """Make the run's directory ready; True if an earlier store is resumed."""
+    """Make the run's directory ready (the caller holds it: see Service.claim); True if an earlier
+    store is resumed."""
     store = opts.data_dir / STORE_NAME
-    live = running_tower(opts.data_dir)
-    if live is not None:
-        raise ServiceError(f"{opts.data_dir} is in use by a running tower (pid {live}); let it finish or stop it")
     if store.exists():
         if opts.fresh:
-            shutil.rmtree(opts.data_dir)
+            clear_dir(opts.data_dir, keep=LOCK_NAME)
         elif not opts.resume:
             raise ServiceError(f"{opts.data_dir} holds an earlier run; add --resume to finish it "
                                f"or --fresh to start over")
@@ -75,9 +59,20 @@ def prepare_data_dir(opts: RunOptions) -> bool:
     return False
 
 
+def clear_dir(path: Path, keep: str) -> None:
+    """Remove everything in ``path`` but ``keep``: the lock a tower holds stays the same file (a new
+    file in its place would be a second lock, and a second tower could take it)."""
+    for entry in os.scandir(path):
+        if entry.name == keep:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
 def run_workload(workload: Workload, opts: RunOptions, console: Console | None) -> tuple[dict, int]:
     """Run to the end; return the summary and the exit status (0 all finished, 1 some did not, 130 interrupted)."""
-    resumed = prepare_data_dir(opts)
     queue = QueueConfig(name="local", launcher="local", ranks_per_node=opts.ranks,
                         cores_per_rank=opts.cores_per_rank, memory_per_rank_mb=opts.memory_per_rank_mb,
                         walltime=opts.walltime, walltime_grace_s=opts.walltime_grace_s,
@@ -86,8 +81,10 @@ def run_workload(workload: Workload, opts: RunOptions, console: Console | None) 
     tower = TowerConfig(exit_when_done=True, heartbeat_s=5.0, walltime_margin_s=opts.walltime_margin_s)
     service = Service(opts.data_dir, tower, [queue],
                       provision_interval_s=0.5, log_level=opts.log_level)
-    service.open()
+    service.claim()  # before anything in the directory is read or removed
     try:
+        resumed = prepare_data_dir(opts)
+        service.open()
         check_fits(service, queue, workload, resumed)
         started = time.monotonic()
         asyncio.run(_serve(service, opts, console, None if resumed else workload))

@@ -24,11 +24,41 @@ from .workload import Workload
 
 logger = logging.getLogger(__name__)
 
-from .paths import INFO_NAME, STORE_NAME, TOKEN_NAME  # noqa: F401 - names others import from here
+from .paths import INFO_NAME, LOCK_NAME, PID_NAME, STORE_NAME, TOKEN_NAME  # noqa: F401 - names others import from here
 
 
 class ServiceError(Exception):
     """The service cannot start (data directory, store, keys) or its work cannot go on."""
+
+
+def claim_data_dir(data_dir: Path):
+    """Hold a data directory for this process's tower alone (``hpc-edge run`` or ``tower start``), or
+    ServiceError naming the tower that holds it.
+
+    An exclusive ``flock`` on ``tower.lock``: the kernel drops it when the process ends, however it
+    ends, so a killed tower leaves nothing to clear by hand. The descriptor is not inherited, so an MPI
+    job that outlives its tower does not keep its successor out."""
+    from filelock import FileLock, Timeout
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(data_dir / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ServiceError(f"{data_dir} is in use by another tower{_holder(data_dir)}; let it finish or stop "
+                           f"it (hpc-edge tower stop, or Ctrl-C in its hpc-edge run)") from None
+    return lock
+
+
+def _holder(data_dir: Path) -> str:
+    """" (pid N)" for the tower that wrote this directory's tower.json or tower.pid, if either says."""
+    for name in (INFO_NAME, PID_NAME):
+        try:
+            text = (data_dir / name).read_text()
+            return f" (pid {int(json.loads(text)['pid'] if name == INFO_NAME else text.split()[0])})"
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            continue
+    return ""
 
 
 def ensure_token(data_dir: Path) -> str:
@@ -53,6 +83,7 @@ class Service:
         self.tower: Tower | None = None
         self.provisioner: Provisioner | None = None
         self.api = None
+        self.lock = None  # held from claim() to close(): see claim_data_dir
         self.interrupted = 0
         self.stop_requested = False
         # work arrived (a submit, a retry) since the provisioner last looked: it looks at the next turn,
@@ -60,8 +91,13 @@ class Service:
         self.work_arrived = False
 
     # ---- setting up ---------------------------------------------------------------------------
+    def claim(self) -> None:
+        """Hold the data directory (ServiceError if another tower does); open() does it if not done."""
+        if self.lock is None:
+            self.lock = claim_data_dir(self.data_dir)
+
     def open(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.claim()
         if self.tower_config.curve:
             create_keys(self.data_dir / "keys")
         self.token = ensure_token(self.data_dir)
@@ -182,9 +218,13 @@ class Service:
                 await asyncio.to_thread(launcher.reap_all)
 
     def close(self) -> None:
-        if self.tower:
-            self.tower.close()
-        self.store.close()
-        info = self.data_dir / INFO_NAME
-        if info.exists():
-            info.unlink()
+        if self.lock is None:
+            return  # never held the directory: nothing here is ours to close or remove
+        try:
+            if self.tower:
+                self.tower.close()
+            self.store.close()
+            (self.data_dir / INFO_NAME).unlink(missing_ok=True)
+        finally:
+            self.lock.release()
+            self.lock = None

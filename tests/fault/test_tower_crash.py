@@ -54,6 +54,8 @@ tasks:
         psutil.Process(pid).wait(30)
         mpiexec = psutil.Process(int(worker.split(":")[0]))
         assert mpiexec.is_running(), "the MPI job outlives its tower"
+        # its lock file stays, but the lock went with the process (and the MPI job never held it)
+        assert (home / "tower.lock").exists()
         run_cli("tower", "start", "--site", site, env=env, check=True)
         wait_for(lambda: finished() == 1200, 240, "all 1200 jobs finished after the restart")
         assert query(home, "SELECT count(*) FROM workers")[0][0] == 1, "the same worker carried on"

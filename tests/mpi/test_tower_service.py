@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
-from tests.helpers import EXAMPLES, local_tower_site, processes_under, query, run_cli, wait_for, write_workload
+from tests.helpers import (
+    EXAMPLES,
+    HPC_EDGE,
+    local_tower_site,
+    processes_under,
+    query,
+    run_cli,
+    wait_for,
+    write_workload,
+)
 
 pytestmark = pytest.mark.mpi
 
@@ -32,7 +42,10 @@ tasks:
     started = run_cli("tower", "start", "--site", site, env=env, check=True)
     assert "tower started" in started.stdout
     try:
-        assert "already runs" in run_cli("tower", "start", env=env).stderr
+        second = run_cli("tower", "start", env=env)
+        pid = int((home / "tower.pid").read_text())
+        assert second.returncode == 2 and f"in use by another tower (pid {pid})" in second.stderr
+        assert int((home / "tower.pid").read_text()) == pid  # the second start left the first one's files
         run_cli("submit", workload, env=env, check=True)
 
         def settled():
@@ -148,3 +161,57 @@ tasks:
     finally:
         stopped = run_cli("tower", "stop", env=env)
     assert stopped.returncode == 0, stopped.stderr
+
+
+def test_one_tower_per_data_directory(tmp_path):
+    """While ``hpc-edge run`` serves a directory, neither a daemon tower nor a second run (even with
+    --fresh) can take it: they are refused with the holder's pid and touch nothing; once the run has
+    ended the directory is free. (A tower killed with SIGKILL frees it too, while its MPI job lives
+    on: tests/fault/test_tower_crash.py restarts one so.)"""
+    data = tmp_path / "data"
+    gate = tmp_path / "gate"
+    workload = write_workload(tmp_path, f"""
+name: held
+tasks:
+  - name: wait
+    command: while [ ! -e {gate} ]; do sleep 0.05; done
+    count: 2
+    walltime: 5m
+""")
+    run = subprocess.Popen([*HPC_EDGE, "run", str(workload), "--ranks", "2", "--json", "--data-dir", str(data)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (data / "tower.json").exists() and
+                 json.loads((data / "tower.json").read_text())["pid"] == run.pid, 60, "the run's tower.json")
+        wait_for(lambda: query(data, "SELECT count(*) FROM jobs WHERE state='running'")[0][0] == 2, 120,
+                 "both jobs running")
+        info = (data / "tower.json").read_text()
+
+        daemon = run_cli("tower", "start", "--data-dir", data)
+        assert daemon.returncode == 2, daemon.stderr
+        assert f"{data} is in use by another tower (pid {run.pid})" in daemon.stderr
+        again = run_cli("run", workload, "--ranks", "2", "--fresh", "--data-dir", data)
+        assert again.returncode == 2, again.stderr
+        assert f"in use by another tower (pid {run.pid})" in again.stderr and "Traceback" not in again.stderr
+        # neither touched the run's files: its store, its tower.json, no pidfile of a daemon
+        assert (data / "tower.json").read_text() == info and not (data / "tower.pid").exists()
+        assert query(data, "SELECT name FROM tasks") == [("wait",)]
+        assert query(data, "SELECT count(*) FROM jobs WHERE state='running'")[0][0] == 2
+        gate.touch()
+        out, err = run.communicate(timeout=120)
+    finally:
+        gate.touch()
+        if (data / "tower.pid").exists():  # a daemon that should have been refused: not left running
+            run_cli("tower", "stop", "--data-dir", data)
+        if run.poll() is None:
+            run.terminate()
+            run.wait(60)
+    assert run.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["states"] == {"finished": 2}
+    # the run is over: the directory is free for the next tower
+    started = run_cli("tower", "start", "--data-dir", data)
+    try:
+        assert started.returncode == 0, started.stderr
+    finally:
+        run_cli("tower", "stop", "--data-dir", data)
+    assert processes_under(data) == []
