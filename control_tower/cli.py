@@ -123,7 +123,6 @@ def run(workload, ranks, cores_per_rank, memory_per_rank_mb, walltime, walltime_
     largest = max(t.cores for t in wl.tasks)
     cores = cores_per_rank or max(largest, (os.cpu_count() or 1) // ranks, 1)
     data_dir = data_dir or Path(".hpc-edge") / "runs" / wl.name
-    _log_to(data_dir, log_level)
     opts = RunOptions(data_dir=data_dir, ranks=ranks, cores_per_rank=cores, memory_per_rank_mb=memory_per_rank_mb,
                       walltime=parse_duration(walltime) if walltime else None, workers=workers,
                       walltime_margin_s=_seconds(walltime_margin), walltime_grace_s=_seconds(walltime_grace),
@@ -148,19 +147,6 @@ def _seconds(text: str) -> float:
     from .workload import parse_duration
 
     return 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
-
-
-def _log_to(data_dir: Path, level: str) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handler = logging.FileHandler(data_dir / "tower.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(min(logging.INFO, logging.getLevelName(level.upper())))
-    for h in logging.getLogger().handlers:
-        if h is not handler:
-            h.setLevel(level.upper())
 
 
 # ---- the tower as a service ------------------------------------------------------------------

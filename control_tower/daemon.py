@@ -35,7 +35,6 @@ def running_pid(data_dir: Path) -> int | None:
 
 
 def serve_foreground(data_dir: Path, site_path: Path | None, log_level: str) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
     site = load_site(site_path) if site_path else SiteConfig()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = Service(data_dir, site.tower, site.queues, api_bind=site.api.bind,
@@ -60,7 +59,6 @@ async def _serve(service: Service) -> None:
 
 def start_daemon(data_dir: Path, site_path: Path | None, log_level: str, timeout_s: float = 30.0) -> dict:
     """Start ``tower start --foreground`` in its own session; return its tower.json once it serves."""
-    data_dir.mkdir(parents=True, exist_ok=True)
     if site_path:
         load_site(site_path)  # refuse a bad site config here, with its line, not in the log
     claim_data_dir(data_dir).release()  # refuse here, in one line, if another tower holds it

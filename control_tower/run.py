@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .provisioner import QueueConfig
-from .service import LOCK_NAME, STORE_NAME, Service, ServiceError
+from .service import LOCK_NAME, LOG_NAME, STORE_NAME, Service, ServiceError
 from .store import TERMINAL
 from .tower import TowerConfig
 from .workload import Workload
@@ -71,6 +71,20 @@ def clear_dir(path: Path, keep: str) -> None:
             os.unlink(entry.path)
 
 
+def log_to(data_dir: Path, level: str) -> None:
+    """Log to stderr at ``level`` and, at INFO or finer, to the run's ``tower.log``."""
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt)
+    handler = logging.FileHandler(data_dir / LOG_NAME)
+    handler.setFormatter(logging.Formatter(fmt))
+    handler.setLevel(logging.INFO)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(min(logging.INFO, logging.getLevelName(level.upper())))
+    for h in logging.getLogger().handlers:
+        if h is not handler:
+            h.setLevel(level.upper())  # the terminal gets only what was asked for
+
+
 def run_workload(workload: Workload, opts: RunOptions, console: Console | None) -> tuple[dict, int]:
     """Run to the end; return the summary and the exit status (0 all finished, 1 some did not, 130 interrupted)."""
     queue = QueueConfig(name="local", launcher="local", ranks_per_node=opts.ranks,
@@ -84,6 +98,7 @@ def run_workload(workload: Workload, opts: RunOptions, console: Console | None) 
     service.claim()  # before anything in the directory is read or removed
     try:
         resumed = prepare_data_dir(opts)
+        log_to(opts.data_dir, opts.log_level)  # after --fresh has cleared the directory, not into a removed file
         service.open()
         check_fits(service, queue, workload, resumed)
         started = time.monotonic()

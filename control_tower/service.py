@@ -24,7 +24,7 @@ from .workload import Workload
 
 logger = logging.getLogger(__name__)
 
-from .paths import INFO_NAME, LOCK_NAME, PID_NAME, STORE_NAME, TOKEN_NAME  # noqa: F401 - names others import from here
+from .paths import INFO_NAME, LOCK_NAME, LOG_NAME, PID_NAME, STORE_NAME, TOKEN_NAME  # noqa: F401 - names others import from here
 
 
 class ServiceError(Exception):
@@ -40,7 +40,11 @@ def claim_data_dir(data_dir: Path):
     job that outlives its tower does not keep its successor out."""
     from filelock import FileLock, Timeout
 
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ServiceError(f"{data_dir} is not a directory (a file is in the way); choose another data "
+                           f"directory") from None
     lock = FileLock(data_dir / LOCK_NAME)
     try:
         lock.acquire(timeout=0)

@@ -88,6 +88,25 @@ def test_run_refuses_bad_input_without_traceback(tmp_path):
     assert run_cli("run", rerun, "--data-dir", data, "--quiet").returncode == 0
     again = run_cli("run", rerun, "--data-dir", data, "--quiet")
     assert again.returncode == 2 and "--resume" in again.stderr and "--fresh" in again.stderr
+    # a file where the data directory should be: one line, for run and tower start alike
+    (tmp_path / "afile").write_text("mine\n")
+    for cmd in (["run", rerun], ["tower", "start"]):
+        refused = run_cli(*cmd, "--data-dir", tmp_path / "afile")
+        assert refused.returncode == 2 and "afile is not a directory" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+def test_a_fresh_run_logs_into_its_own_tower_log(tmp_path):
+    """--fresh clears the earlier run, then the new run's log goes to a tower.log that is there."""
+    wl = write_workload(tmp_path, "name: r\ntasks:\n  - {name: a, command: 'true', count: 2}\n")
+    data = tmp_path / "d"
+    run_cli("run", wl, "--data-dir", data, "--quiet", check=True)
+    first = (data / "tower.log").read_text()
+    run_cli("run", wl, "--data-dir", data, "--quiet", "--fresh", check=True)
+    second = (data / "tower.log").read_text()
+    assert "started worker" in first and "started worker" in second  # each run logs its worker's start
+    assert first not in second  # the earlier run's log went with it
 
 
 def test_keys_are_private(tmp_path):
