@@ -36,6 +36,7 @@ EARLY_ANSWER_S = 0.005
 
 MERGE_TRIES = 2  # a merge process that dies (killed, out of memory) is started once more
 MERGE_COMMAND = (sys.executable, "-m", "control_tower.merge")
+ADDRESS_KEY = "relay_address"  # meta: where the last tower on a port of its choosing listened
 
 
 class MergeProcessDied(Exception):
@@ -120,8 +121,7 @@ class Tower:
             self._start_auth()
         bind = self.cfg.bind
         if bind.endswith(":0"):
-            port = self.sock.bind_to_random_port(bind[:-2])
-            self.address = f"{bind[:-2]}:{port}"
+            self.address = self._bind_any_port(bind[:-2])
         else:
             self.sock.bind(bind)
             self.address = bind
@@ -132,6 +132,26 @@ class Tower:
         # non-blocking reads and writes go through a plain shadow of the socket: the asyncio socket
         # wraps each call in futures and callbacks, a cost per message; waiting stays with asyncio
         self._raw = zmq.Socket.shadow(self.sock.underlying)
+
+    def _bind_any_port(self, host: str) -> str:
+        """A port of the system's choosing, but the one this store's tower had before when it is free:
+        relays still out from before (an ``hpc-edge run`` killed outright, then resumed) reconnect to
+        it by themselves, report what their payloads did meanwhile and carry on, instead of waiting
+        lost_after_s for a tower they cannot find while their jobs wait to run again elsewhere."""
+        before = self.store.get_meta(ADDRESS_KEY)
+        if before and before.rsplit(":", 1)[0] == host:
+            try:
+                self.sock.bind(before)
+                return before
+            except zmq.ZMQError as exc:
+                if self.workers:
+                    logger.warning("%s, where this store's earlier tower listened, is taken (%s): its relays "
+                                   "cannot reconnect; after lost_after_s their jobs return to the pool",
+                                   before, exc)
+        address = f"{host}:{self.sock.bind_to_random_port(host)}"
+        self.store.set_meta(ADDRESS_KEY, address)
+        self.store.commit()
+        return address
 
     def _start_auth(self) -> None:
         from zmq.auth.asyncio import AsyncioAuthenticator

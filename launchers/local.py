@@ -81,6 +81,7 @@ class LocalLauncher(Launcher):
         self.kill_grace_s = kill_grace_s
         self.bind_cores = bind_cores
         self._procs: dict[str, subprocess.Popen] = {}
+        self._adopted: set[str] = set()  # live workers of an earlier tower on this store: not our children
         self._cancelled: dict[str, float] = {}  # batch id -> when SIGTERM was sent
         self._bound: dict[str, set[int]] = {}  # batch id -> the cores its ranks are bound to
         self._can_bind: dict[str, bool] = {}  # mpiexec -> whether it can bind ranks
@@ -133,7 +134,11 @@ class LocalLauncher(Launcher):
             if batch_id in self._cancelled:
                 return BatchState.CANCELLED
             return BatchState.DONE if code == 0 else BatchState.FAILED
-        return BatchState.RUNNING if _alive(batch_id) else BatchState.UNKNOWN
+        if _alive(batch_id):
+            self._adopted.add(batch_id)
+            return BatchState.RUNNING
+        self._adopted.discard(batch_id)
+        return BatchState.UNKNOWN
 
     def _escalate(self, batch_id: str, pid: int) -> None:
         sent = self._cancelled.get(batch_id)
@@ -151,8 +156,8 @@ class LocalLauncher(Launcher):
             _signal_group(pid, signal.SIGTERM)
 
     def reap_all(self, timeout: float = 30.0) -> None:
-        """Wait for every worker this launcher started to exit (cancelling those that outstay)."""
-        live = [b for b, proc in self._procs.items() if proc.poll() is None]
+        """Wait for every worker this launcher started or adopted to exit (cancelling those that outstay)."""
+        live = [b for b, proc in self._procs.items() if proc.poll() is None] + [b for b in self._adopted if _alive(b)]
         if live and not self.wait(live, timeout):
             self.cancel(live)
             self.wait(live, self.kill_grace_s + 5)

@@ -6,9 +6,10 @@ import signal
 import subprocess
 from collections import Counter
 
+import psutil
 import pytest
 
-from tests.helpers import HPC_EDGE, jobs_by, processes_under, run_json, scalar, wait_for, write_workload
+from tests.helpers import HPC_EDGE, jobs_by, processes_under, query, run_json, scalar, wait_for, write_workload
 
 pytestmark = [pytest.mark.mpi, pytest.mark.fault]
 
@@ -51,5 +52,44 @@ tasks:
     assert any(j["dispatch"] == 2 for j in jobs.values())
     assert all(j["attempt"] == 1 for j in jobs.values())
     # every payload completed exactly once, counted from the payloads' own output
+    assert Counter(int(line) for line in ran.read_text().split()) == Counter({j: 1 for j in jobs})
+    assert processes_under(data) == []
+
+
+def test_a_run_killed_outright_is_resumed_with_its_worker(tmp_path):
+    """kill -9 of ``hpc-edge run``: its MPI job lives on, finishes what it was running, and reports it
+    to the resumed run, which listens where the killed one did. No payload runs twice, and the resume
+    does not wait lost_after_s (120 s) for a worker that cannot find it."""
+    ran, gate = tmp_path / "ran.log", tmp_path / "gate"
+    workload = write_workload(tmp_path, f"""
+name: held
+tasks:
+  - name: held
+    command: while [ ! -e {gate} ]; do sleep 0.05; done; echo {{job_id}} >> {ran}
+    count: 6
+""")
+    data = tmp_path / "run"
+    proc = subprocess.Popen([*HPC_EDGE, "run", workload, "--ranks", "2", "--data-dir", data, "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: scalar(data, "SELECT count(*) FROM jobs WHERE state='running'") == 2, 120, "2 jobs running")
+        running = {j for j, row in jobs_by(data).items() if row["state"] == "running"}
+        mpiexec = psutil.Process(int(query(data, "SELECT batch_id FROM workers")[0][0].split(":")[0]))
+        proc.kill()
+        proc.communicate(timeout=60)
+        assert mpiexec.is_running(), "the MPI job outlives the run"
+        gate.touch()  # the orphaned worker's payloads end now, with no tower to tell
+        wait_for(lambda: ran.exists() and set(map(int, ran.read_text().split())) == running, 60,
+                 "the orphaned worker's two payloads done")
+    finally:
+        gate.touch()
+        if proc.poll() is None:
+            proc.kill()
+    code, summary = run_json("run", workload, "--ranks", "2", "--data-dir", data, "--resume", timeout=100)
+    assert code == 0, summary
+    assert summary["resumed"] and summary["states"] == {"finished": 6}
+    assert scalar(data, "SELECT count(*) FROM workers") == 1, "the same worker carried on"
+    jobs = jobs_by(data)
+    assert all(jobs[j]["dispatch"] == 1 for j in running), "a job the old worker finished was sent again"
     assert Counter(int(line) for line in ran.read_text().split()) == Counter({j: 1 for j in jobs})
     assert processes_under(data) == []
