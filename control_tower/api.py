@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sqlite3
 from pathlib import Path
 
 from aiohttp import web
@@ -42,8 +43,20 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def build_app(service) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
     tower, store = service.tower, service.store
+
+    @web.middleware
+    async def store_guard(request, handler):
+        """A store that cannot be written stops the tower (Service.serve): calls get 503 and why."""
+        if store.failed is not None:
+            return _error(503, str(store.failed))
+        try:
+            return await handler(request)
+        except sqlite3.DatabaseError as exc:
+            logger.error("an API call could not use the store: %s", exc)
+            return _error(503, str(store.abandon(exc)))
+
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[store_guard])
 
     def authorized(request: web.Request) -> bool:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .provisioner import QueueConfig
 from .service import LOCK_NAME, LOG_NAME, STORE_NAME, Service, ServiceError
-from .store import TERMINAL
+from .store import TERMINAL, StoreWriteError
 from .tower import TowerConfig
 from .workload import Workload
 
@@ -71,11 +72,24 @@ def clear_dir(path: Path, keep: str) -> None:
             os.unlink(entry.path)
 
 
+class LogFile(logging.FileHandler):
+    """The run's ``tower.log``. A write that fails (a full disk, a quota) is said once, in one line
+    on stderr, instead of a traceback for every record."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            sys.stderr.write(f"hpc-edge: warning: cannot write {self.baseFilename} ({sys.exc_info()[1]}); "
+                             f"what goes there is lost until the run ends\n")
+
+
 def log_to(data_dir: Path, level: str) -> None:
     """Log to stderr at ``level`` and, at INFO or finer, to the run's ``tower.log``."""
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level.upper(), format=fmt)
-    handler = logging.FileHandler(data_dir / LOG_NAME)
+    handler = LogFile(data_dir / LOG_NAME)
     handler.setFormatter(logging.Formatter(fmt))
     handler.setLevel(logging.INFO)
     logging.getLogger().addHandler(handler)
@@ -102,7 +116,11 @@ def run_workload(workload: Workload, opts: RunOptions, console: Console | None) 
         service.open()
         check_fits(service, queue, workload, resumed)
         started = time.monotonic()
-        asyncio.run(_serve(service, opts, console, None if resumed else workload))
+        try:
+            asyncio.run(_serve(service, opts, console, unstored(service, workload) if resumed else workload))
+        except StoreWriteError:
+            stop_local_workers(service)  # nothing they report could be kept: none left running
+            raise
         elapsed = time.monotonic() - started
         summary = summarize(service, workload, elapsed, resumed)
     finally:
@@ -114,8 +132,23 @@ def run_workload(workload: Workload, opts: RunOptions, console: Console | None) 
     return summary, 0 if summary["ok"] else 1
 
 
+def unstored(service: Service, workload: Workload) -> Workload | None:
+    """The workload's tasks an earlier run never stored (it ended before it could: a full disk, a
+    kill): a resumed run stores them, so it finishes the whole workload, not only what was stored."""
+    missing = [t for t in workload.tasks if not service.store.task_exists(workload.name, t.name)]
+    return workload.model_copy(update={"tasks": missing}) if missing else None
+
+
+def stop_local_workers(service: Service) -> None:
+    """Stop this run's MPI jobs now and wait for them: SIGTERM, and SIGKILL 2 s later (their relays
+    would wait for acknowledgements that no tower can give)."""
+    for launcher in service.provisioner.launchers.values():
+        if hasattr(launcher, "reap_all"):
+            launcher.reap_all(timeout=0, kill_grace_s=2.0)
+
+
 def check_fits(service: Service, queue: QueueConfig, workload: Workload, resumed: bool) -> None:
-    specs = [spec for _, spec in service.tower.book.tasks.values()] if resumed else workload.tasks
+    specs = [*workload.tasks, *(spec for _, spec in service.tower.book.tasks.values() if resumed)]
     for spec in specs:
         name = spec.name
         if spec.cores > queue.cores_per_rank:

@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -129,7 +130,14 @@ class Service:
         """Listen for relays, send out the first workers, then serve the API. A ``workload`` given
         here is stored after its first worker is on its way: a worker takes longer to start (MPI,
         the ranks' imports) than a big workload takes to store, and the relay's first messages wait
-        in the socket until the tower reads them, after the workload is stored and committed."""
+        in the socket until the tower reads them, after the workload is stored and committed.
+        StoreWriteError if the store cannot be written."""
+        try:
+            await self._start(workload)
+        except sqlite3.DatabaseError as exc:
+            raise self.store.abandon(exc) from exc
+
+    async def _start(self, workload: Workload | None) -> None:
         await self.tower.start()
         # workers of an earlier life that are gone: their jobs return; then the first workers go out
         # before the API starts, so their start-up overlaps with ours
@@ -141,6 +149,8 @@ class Service:
         if workload is not None:
             try:
                 self.add_workload(workload)
+            except sqlite3.DatabaseError:
+                raise  # nothing more can be written: the caller stops what was sent out
             except BaseException:
                 await self.shutdown()  # the worker just sent out is stopped, not left running
                 raise
@@ -183,10 +193,22 @@ class Service:
 
     # ---- running ------------------------------------------------------------------------------
     async def serve(self, until_done: bool, tick=None) -> None:
-        """Serve until interrupted, or (until_done) until every job is final and workers have left."""
+        """Serve until interrupted, or (until_done) until every job is final and workers have left.
+
+        If the store cannot be written (a full disk, a quota), StoreWriteError at once: the tower holds
+        in memory what it could not commit, so it stops serving, and its workers are left as a tower
+        crash leaves them (they hold their reports until a tower on the same store takes them)."""
+        try:
+            await self._serve(until_done, tick)
+        except sqlite3.DatabaseError as exc:
+            raise self.store.abandon(exc) from exc
+
+    async def _serve(self, until_done: bool, tick) -> None:
         next_cycle = time.monotonic() + self.provision_interval_s  # start() ran the first cycle
         while True:
             await self.tower.turn(timeout_ms=50)
+            if self.store.failed is not None:  # an API call could not write
+                raise self.store.failed
             now = time.monotonic()
             if until_done and self.tower.done() and self.provisioner.cheap_status():
                 next_cycle = now  # all done: notice the last local worker leave at once, not a cycle later

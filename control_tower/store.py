@@ -92,6 +92,11 @@ class StoreError(Exception):
     """The store file cannot be opened or is not an hpc-edge store."""
 
 
+class StoreWriteError(StoreError):
+    """The store cannot be written (a full disk, a quota, an I/O error): its transaction is rolled
+    back and the tower must stop, since what it holds in memory is ahead of the store."""
+
+
 class Store:
     def __init__(self, path: Path, synchronous: str = "FULL"):
         self.path = Path(path)
@@ -102,6 +107,7 @@ class Store:
         self._checkpointer: threading.Thread | None = None
         self._checkpointer_stop = threading.Event()
         self.checkpointed = threading.Event()  # set after each background checkpoint (see start_checkpointer)
+        self.failed: StoreWriteError | None = None  # set by abandon(): nothing more is committed
         self._workers: dict[str, dict] | None = None  # the workers table, as SELECT * reads it (see workers)
         self._workers_stale: set[str] = set()         # its rows to read again before they are used
 
@@ -115,15 +121,33 @@ class Store:
             self.db.executescript(SCHEMA)
             self.db.commit()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: not a usable hpc-edge store: {exc}") from exc
+            if getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise StoreError(f"{self.path}: not a usable hpc-edge store: {exc}") from exc
+            raise self.abandon(exc) from exc  # it is one, or none yet, but cannot be written here
         return self
 
     def close(self) -> None:
         self.stop_checkpointer()
         if self.db is not None:
-            self.commit()
+            if self.failed is None:
+                self.commit()
             self.db.close()
             self.db = None
+
+    def abandon(self, exc: BaseException) -> StoreWriteError:
+        """A write failed: roll the open transaction back (SQLite may have done so itself, or not) and
+        refuse to commit from now on; return the error to raise. What was committed before stays."""
+        if self.failed is None:
+            try:
+                if self.db is not None:
+                    self.db.rollback()
+            except sqlite3.Error:
+                pass
+            self._checkpointer_stop.set()  # nothing more to copy: what is in the WAL stays there
+            self.failed = StoreWriteError(
+                f"cannot write the store {self.path}: {exc}; everything committed before is kept. Free "
+                f"space (or raise the quota), then carry on: hpc-edge run ... --resume, or hpc-edge tower start")
+        return self.failed
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def start_checkpointer(self, every_s: float = 0.5) -> None:
@@ -153,18 +177,27 @@ class Store:
 
     def _checkpoint_loop(self, every_s: float) -> None:
         db = sqlite3.connect(self.path, isolation_level=None)
+        said = None  # the failure last logged: a full disk is said once, not every every_s
         try:
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             while not self._checkpointer_stop.wait(every_s):
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    if said is not None:
+                        logger.warning("background checkpoints of %s work again", self.path)
+                        said = None
                 except sqlite3.Error as exc:
-                    logger.warning("background checkpoint of %s failed: %s", self.path, exc)
+                    if str(exc) != said:
+                        logger.warning("background checkpoint of %s failed: %s (retried every %g s)",
+                                       self.path, exc, every_s)
+                        said = str(exc)
                 self.checkpointed.set()
         finally:
             db.close()
 
     def commit(self) -> None:
+        if self.failed is not None:
+            raise self.failed
         for write in self.before_commit:
             write()
         self.db.commit()

@@ -155,9 +155,12 @@ class LocalLauncher(Launcher):
             self._cancelled.setdefault(bid, time.monotonic())
             _signal_group(pid, signal.SIGTERM)
 
-    def reap_all(self, timeout: float = 30.0) -> None:
-        """Wait for every worker this launcher started or adopted to exit (cancelling those that outstay)."""
+    def reap_all(self, timeout: float = 30.0, kill_grace_s: float | None = None) -> None:
+        """Wait for every worker this launcher started or adopted to exit (cancelling those that outstay;
+        ``kill_grace_s``, if given, replaces the launcher's grace between SIGTERM and SIGKILL)."""
         live = [b for b, proc in self._procs.items() if proc.poll() is None] + [b for b in self._adopted if _alive(b)]
+        if kill_grace_s is not None:
+            self.kill_grace_s = kill_grace_s
         if live and not self.wait(live, timeout):
             self.cancel(live)
             self.wait(live, self.kill_grace_s + 5)

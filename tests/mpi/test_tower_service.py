@@ -119,34 +119,26 @@ def test_keys_are_private(tmp_path):
 
 def test_a_run_whose_workload_cannot_be_stored_stops_the_worker_it_sent_out(tmp_path, monkeypatch):
     # `hpc-edge run` sends its worker out before storing the workload (their start-ups overlap); if
-    # storing fails, that worker must not be left running, and the error must reach the user
-    import asyncio
+    # storing fails, that worker must not be left running, and the error must reach the user.
+    # (tests/fault/test_full_disk.py does this with a real full disk, as root.)
     import sqlite3
 
-    from control_tower.provisioner import QueueConfig
-    from control_tower.service import Service
-    from control_tower.store import Store
-    from control_tower.tower import TowerConfig
+    from control_tower.run import RunOptions, run_workload
+    from control_tower.store import Store, StoreWriteError
     from control_tower.workload import load_workload
 
     workload = load_workload(write_workload(tmp_path, "name: w\ntasks:\n  - {name: t, command: sleep 30, count: 4}\n"))
     data = tmp_path / "data"
-    service = Service(data, TowerConfig(exit_when_done=True), [QueueConfig(name="local", launcher="local",
-                                                                           ranks_per_node=2)])
-    service.open()
 
     def full_disk(*args, **kwargs):
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(Store, "add_task", full_disk)
-    try:
-        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
-            asyncio.run(service.start(workload))
-        workers = service.store.workers()
-    finally:
-        service.close()
-    assert [(w["worker_id"], w["state"]) for w in workers] == [("local-00001", "cancelled")]
+    with pytest.raises(StoreWriteError, match="cannot write the store .*: database or disk is full"):
+        run_workload(workload, RunOptions(data_dir=data, progress=False), None)
     assert processes_under(data) == []
+    assert query(data, "SELECT count(*) FROM tasks") == [(0,)]
+    assert [w for (w,) in query(data, "SELECT worker_id FROM workers")] == ["local-00001"]
 
 
 def test_a_submit_or_a_retry_brings_a_worker_at_once_not_at_the_next_cycle(tmp_path):
