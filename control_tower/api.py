@@ -52,7 +52,7 @@ def build_app(service) -> web.Application:
             return _error(503, str(store.failed))
         try:
             return await handler(request)
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:
             logger.error("an API call could not use the store: %s", exc)
             return _error(503, str(store.abandon(exc)))
 

@@ -134,7 +134,7 @@ class Service:
         StoreWriteError if the store cannot be written."""
         try:
             await self._start(workload)
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:
             raise self.store.abandon(exc) from exc
 
     async def _start(self, workload: Workload | None) -> None:
@@ -149,7 +149,7 @@ class Service:
         if workload is not None:
             try:
                 self.add_workload(workload)
-            except sqlite3.DatabaseError:
+            except sqlite3.OperationalError:
                 raise  # nothing more can be written: the caller stops what was sent out
             except BaseException:
                 await self.shutdown()  # the worker just sent out is stopped, not left running
@@ -200,7 +200,7 @@ class Service:
         crash leaves them (they hold their reports until a tower on the same store takes them)."""
         try:
             await self._serve(until_done, tick)
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:
             raise self.store.abandon(exc) from exc
 
     async def _serve(self, until_done: bool, tick) -> None:

@@ -120,10 +120,10 @@ class Store:
             self.db.execute("PRAGMA foreign_keys=OFF")
             self.db.executescript(SCHEMA)
             self.db.commit()
+        except sqlite3.OperationalError as exc:  # it is one, or none yet, but cannot be written here
+            raise self.abandon(exc) from exc
         except sqlite3.DatabaseError as exc:
-            if getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
-                raise StoreError(f"{self.path}: not a usable hpc-edge store: {exc}") from exc
-            raise self.abandon(exc) from exc  # it is one, or none yet, but cannot be written here
+            raise StoreError(f"{self.path}: not a usable hpc-edge store: {exc}") from exc
         return self
 
     def close(self) -> None:
@@ -144,9 +144,11 @@ class Store:
             except sqlite3.Error:
                 pass
             self._checkpointer_stop.set()  # nothing more to copy: what is in the WAL stays there
+            full = getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL"
             self.failed = StoreWriteError(
-                f"cannot write the store {self.path}: {exc}; everything committed before is kept. Free "
-                f"space (or raise the quota), then carry on: hpc-edge run ... --resume, or hpc-edge tower start")
+                f"cannot write the store {self.path}: {exc}; everything committed before is kept. "
+                f"{'Free space (or raise the quota), then' if full else 'Once it can be written again,'} "
+                f"carry on: hpc-edge run ... --resume, or hpc-edge tower start")
         return self.failed
 
     # ---- checkpoints ----------------------------------------------------------------------------

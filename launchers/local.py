@@ -162,8 +162,17 @@ class LocalLauncher(Launcher):
         if kill_grace_s is not None:
             self.kill_grace_s = kill_grace_s
         if live and not self.wait(live, timeout):
+            # the ranks are in process groups of their own, below mpiexec: noted now, waited for after
+            tree = [p for b in live for p in _descendants(_pid_of(b))]
             self.cancel(live)
             self.wait(live, self.kill_grace_s + 5)
+            _, left = psutil.wait_procs(tree, timeout=self.kill_grace_s)
+            for proc in left:  # a rank whose mpiexec is gone without taking it along
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(left, timeout=5)
 
     def wait(self, batch_ids: list[str], timeout: float) -> bool:
         """Wait for workers to end, escalating to SIGKILL after the grace; True if all ended."""
@@ -183,6 +192,13 @@ class LocalLauncher(Launcher):
                 except subprocess.TimeoutExpired:
                     pass
         return not pending
+
+
+def _descendants(pid: int | None) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except (psutil.Error, TypeError, ValueError):
+        return []
 
 
 def _pid_of(batch_id: str) -> int | None:
