@@ -259,7 +259,8 @@ class Provisioner:
             link = ["--tower", self.tower.worker_address]
         command = [sys.executable, "-m", "hpc_edge", "worker", *link,
                    "--worker-id", worker_id, "--cores-per-rank", str(queue.cores_per_rank),
-                   "--walltime-grace-s", str(queue.walltime_grace_s), "--log-level", self.log_level]
+                   "--walltime-grace-s", str(queue.walltime_grace_s), "--start-timeout-s", str(queue.start_timeout_s),
+                   "--log-level", self.log_level]
         if queue.memory_per_rank_mb:
             command += ["--memory-per-rank-mb", str(queue.memory_per_rank_mb)]
         if queue.scratch:

@@ -25,7 +25,8 @@ from .workload import Workload
 
 logger = logging.getLogger(__name__)
 
-from .paths import INFO_NAME, LOCK_NAME, LOG_NAME, PID_NAME, STORE_NAME, TOKEN_NAME  # noqa: F401 - names others import from here
+# names others import from here too
+from .paths import INFO_NAME, LOCK_NAME, LOG_NAME, PID_NAME, STORE_NAME, TOKEN_NAME  # noqa: F401
 
 
 class ServiceError(Exception):

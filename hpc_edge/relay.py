@@ -44,6 +44,9 @@ class RelayConfig:
     bind_horizon_s: float = 0.05  # and enough queued at each rank to cover this long
     max_prefetch: int = 64
     stop_timeout_s: float = 30.0
+    # no tower answered this long after the start: stop (the tower cancels such a worker after its
+    # queue's start_timeout_s, if it is there to; if it is gone, nothing else would end it)
+    start_timeout_s: float | None = 600.0
     curve: tuple[bytes, bytes, bytes] | None = None  # (client public, client secret, server public)
     outbox_memory_bytes: int = 64 * 2**20
     spool_dir: Path | None = None
@@ -349,6 +352,10 @@ class Relay:
             # the request or its answer was lost: a new hello voids it, and the tower takes back
             # whatever it had sent in answer
             self.send_hello()
+        if self.lost_after_s is None and self.cfg.start_timeout_s and now - self.last_heard > self.cfg.start_timeout_s \
+                and not self.stop_reason:
+            self.stop(ErrorCode.LOST_WORKER, f"no tower answered in the {now - self.last_heard:.0f} s since the start")
+            self._stop_deadline = now
         if self.lost_after_s and now - self.last_heard > self.lost_after_s \
                 and not self.stop_reason:
             # the tower has given this worker up by now and handed its work to others: running on

@@ -34,6 +34,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--walltime-s", type=float, default=None,
                     help="allocation walltime; the end is this long after the worker starts (if no --ends-at)")
     ap.add_argument("--walltime-grace-s", type=float, default=60.0)
+    ap.add_argument("--start-timeout-s", type=float, default=600.0,
+                    help="stop if no tower has answered this long after the start (0: wait for ever)")
     ap.add_argument("--scratch", type=Path, default=None,
                     help="node-local directory (e.g. /dev/shm or $TMPDIR) where payloads run; their outputs, "
                          "non-empty logs (everything, if they fail) move to the shared job directory at the end")
@@ -98,6 +100,7 @@ def main(argv: list[str]) -> int:
         ends_at = time.time() + args.walltime_s
     config = RelayConfig(tower=args.tower, worker_id=args.worker_id, batch_id=args.batch_id,
                          ends_at=ends_at, walltime_grace_s=args.walltime_grace_s,
+                         start_timeout_s=args.start_timeout_s or None,
                          curve=client_curve(args.keys) if args.keys and args.tower else None,
                          messenger_dir=args.messenger_dir)
     try:

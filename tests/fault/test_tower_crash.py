@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
+import subprocess
+import sys
 from collections import Counter
 
 import psutil
@@ -86,3 +89,21 @@ def test_relays_of_a_tower_that_never_returns_stop_themselves(tmp_path):
     mpiexec.wait(120)  # ends by itself once its relay gives up (6 s of silence, then its payloads' grace)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in payloads)
     assert processes_under(home) == []
+
+
+def test_a_worker_that_never_reaches_a_tower_stops_by_itself(tmp_path):
+    """A worker whose tower is gone before it starts (killed after the submit, a store that filled):
+    no tower will cancel it, so after --start-timeout-s without an answer it ends itself."""
+    from launchers.local import find_mpiexec
+
+    worker = subprocess.Popen(
+        [find_mpiexec(), "-n", "2", sys.executable, "-m", "hpc_edge", "worker", "--tower",
+         f"tcp://127.0.0.1:{free_port()}", "--worker-id", "w-alone", "--start-timeout-s", "3"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert re.search(r"no tower answered in the \d+ s since the start", err), err
+    assert processes_under(tmp_path) == []
