@@ -139,24 +139,22 @@ def run_peer(ctx: Context, peer: str, n: int, procs: int, tag: str, floor: Path 
     """One run of a peer's script (``floor``: the built spawn_floor program)."""
     where = ctx.scratch(f"peer-{peer}-{tag}")
     # a peer's temporary files go with its scratch directory (Parsl leaves a multiprocessing pymp-* directory per run)
+    dirs = None  # the floor's payload directories: node-local RAM, as ours with --scratch
     if peer == "spawn_floor":
-        dirs = NODE_LOCAL / f"floor-{tag}"  # node-local RAM, as ours with --scratch
+        dirs = NODE_LOCAL / f"floor-{tag}"
         dirs.mkdir(parents=True, exist_ok=True)
-        try:
-            got = timed([floor, n, procs, dirs], cwd=where, timeout=3600)
-        finally:
-            shutil.rmtree(dirs, ignore_errors=True)
-        if got.returncode != 0:
-            raise BenchError(f"{peer} exited {got.returncode}: {tail(got.stderr)}")
-        out = last_json_line(got.stdout)
-        return Ran(got.wall_s, float(out["inner_s"]), got.busy_s, got.cpu_s)
-    if peer == "parsl_htex":
+        argv, env = [floor, n, procs, dirs], {}
+    elif peer == "parsl_htex":
         argv = [PEERS_PYTHON, PEERS / "parsl_true.py", n, procs, where / "runinfo"]
         env = {**peers_env(), "TMPDIR": str(where)}
     else:
         script = {"raw_subprocess": "raw_true.py", "process_pool": "pool_true.py"}[peer]
         argv, env = [sys.executable, PEERS / script, n, procs], {"TMPDIR": str(where)}
-    got = timed(argv, cwd=where, env=env, timeout=3600)
+    try:
+        got = timed(argv, cwd=where, env=env, timeout=3600)
+    finally:
+        if dirs is not None:
+            shutil.rmtree(dirs, ignore_errors=True)
     if got.returncode != 0:
         raise BenchError(f"{peer} exited {got.returncode}: {tail(got.stderr)}")
     out = last_json_line(got.stdout)
