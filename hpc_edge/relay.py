@@ -352,15 +352,14 @@ class Relay:
             # the request or its answer was lost: a new hello voids it, and the tower takes back
             # whatever it had sent in answer
             self.send_hello()
-        if self.lost_after_s is None and self.cfg.start_timeout_s and now - self.last_heard > self.cfg.start_timeout_s \
-                and not self.stop_reason:
-            self.stop(ErrorCode.LOST_WORKER, f"no tower answered in the {now - self.last_heard:.0f} s since the start")
-            self._stop_deadline = now
-        if self.lost_after_s and now - self.last_heard > self.lost_after_s \
-                and not self.stop_reason:
-            # the tower has given this worker up by now and handed its work to others: running on
-            # would only do it twice
-            self.stop(ErrorCode.LOST_WORKER, f"no word from the tower for {now - self.last_heard:.0f} s")
+        # once welcomed, the tower's lost_after_s: by then it has given this worker up and handed its
+        # work to others, and running on would only do it twice; before, the start timeout
+        welcomed_once = self.lost_after_s is not None
+        silence = now - self.last_heard
+        limit = self.lost_after_s if welcomed_once else self.cfg.start_timeout_s
+        if limit and silence > limit and not self.stop_reason:
+            self.stop(ErrorCode.LOST_WORKER, f"no word from the tower for {silence:.0f} s" if welcomed_once
+                      else f"no tower answered in the {silence:.0f} s since the start")
             self._stop_deadline = now
         if now - self.last_sent > self.cfg.heartbeat_s:
             if self.welcomed:
