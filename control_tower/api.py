@@ -15,7 +15,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import sqlite3
 from pathlib import Path
 
 from aiohttp import web
@@ -23,6 +22,7 @@ from aiohttp import web
 from hpc_edge.executor import STDERR_NAME, STDOUT_NAME
 
 from .service import ServiceError
+from .store import StoreWriteError
 from .workload import WorkloadError, parse_workload
 
 logger = logging.getLogger(__name__)
@@ -51,10 +51,11 @@ def build_app(service) -> web.Application:
         if store.failed is not None:
             return _error(503, str(store.failed))
         try:
-            return await handler(request)
-        except sqlite3.OperationalError as exc:
-            logger.error("an API call could not use the store: %s", exc)
-            return _error(503, str(store.abandon(exc)))
+            with store.writable():
+                return await handler(request)
+        except StoreWriteError as exc:
+            logger.error("an API call: %s", exc)
+            return _error(503, str(exc))
 
     app = web.Application(client_max_size=MAX_BODY, middlewares=[store_guard])
 

@@ -133,10 +133,8 @@ class Service:
         the ranks' imports) than a big workload takes to store, and the relay's first messages wait
         in the socket until the tower reads them, after the workload is stored and committed.
         StoreWriteError if the store cannot be written."""
-        try:
+        with self.store.writable():
             await self._start(workload)
-        except sqlite3.OperationalError as exc:
-            raise self.store.abandon(exc) from exc
 
     async def _start(self, workload: Workload | None) -> None:
         await self.tower.start()
@@ -199,10 +197,8 @@ class Service:
         If the store cannot be written (a full disk, a quota), StoreWriteError at once: the tower holds
         in memory what it could not commit, so it stops serving, and its workers are left as a tower
         crash leaves them (they hold their reports until a tower on the same store takes them)."""
-        try:
+        with self.store.writable():
             await self._serve(until_done, tick)
-        except sqlite3.OperationalError as exc:
-            raise self.store.abandon(exc) from exc
 
     async def _serve(self, until_done: bool, tick) -> None:
         next_cycle = time.monotonic() + self.provision_interval_s  # start() ran the first cycle

@@ -12,6 +12,7 @@ import logging
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -133,6 +134,16 @@ class Store:
                 self.commit()
             self.db.close()
             self.db = None
+
+    @contextmanager
+    def writable(self):
+        """Around work that writes to the store: a write that fails (an ``OperationalError``: full, I/O,
+        read-only, locked) comes out as StoreWriteError, through abandon(). Other SQLite errors are
+        bugs and come out as they are."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise self.abandon(exc) from exc
 
     def abandon(self, exc: BaseException) -> StoreWriteError:
         """A write failed: roll the open transaction back (SQLite may have done so itself, or not) and
