@@ -9,9 +9,10 @@ import os
 import sqlite3
 import subprocess
 
+import psutil
 import pytest
 
-from tests.helpers import jobs_by, processes_under, run_cli, run_json, write_workload
+from tests.helpers import jobs_by, processes_under, query, run_cli, run_json, write_workload
 
 pytestmark = [
     pytest.mark.mpi, pytest.mark.fault,
@@ -75,3 +76,30 @@ def test_resume_stores_a_workload_the_first_run_could_not(tmp_path, small_disk):
     code, summary = run_json(*args, "--resume", timeout=240)
     assert code == 0, summary
     assert summary["states"] == {"finished": 3000}
+
+
+def test_a_submit_the_store_cannot_take_gets_the_reason_and_stops_the_tower(tmp_path, small_disk):
+    """A daemon tower (no queues: no worker) whose disk fills as a submit is stored: the submit gets
+    the reason, the tower stops, and once there is room a restarted tower takes the submit."""
+    home = small_disk / "tower"
+    site = write_workload(tmp_path, "queues: []\n", "site.yaml")
+    run_cli("tower", "start", "--site", site, "--data-dir", home, check=True)
+    pid = int((home / "tower.pid").read_text())
+    try:
+        (small_disk / "filler").write_bytes(b"\0" * (1024 * 1024 - 256 * 1024))  # room for the store, not 3000 jobs
+        workload = write_workload(tmp_path, "name: big\ntasks:\n  - {name: t, command: 'true', count: 3000}\n")
+        refused = run_cli("submit", workload, "--data-dir", home)
+        assert refused.returncode == 2 and "cannot write the store" in refused.stderr, refused.stderr
+        psutil.Process(pid).wait(60)  # the tower stops by itself
+    finally:
+        if psutil.pid_exists(pid):
+            run_cli("tower", "stop", "--data-dir", home)
+    assert "cannot write the store" in (home / "tower.log").read_text()
+    (small_disk / "filler").unlink()
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    run_cli("tower", "start", "--site", site, "--data-dir", home, check=True)
+    try:
+        run_cli("submit", workload, "--data-dir", home, check=True)
+        assert query(home, "SELECT count(*) FROM jobs") == [(3000,)]
+    finally:
+        run_cli("tower", "stop", "--data-dir", home)
