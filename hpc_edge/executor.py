@@ -46,9 +46,19 @@ def payload_argv(command: str) -> list[str]:
     return ["/bin/sh", "-c", command]
 
 
+# What an MPI launcher gives each rank so that MPI_Init finds the rest of the job: MPICH's hydra
+# (PMI_FD, PMI_RANK, PMI_SIZE, HYDI_CONTROL_FD, MPI_LOCALRANKID ...), Slurm's srun --mpi=pmi2 (PMI_*)
+# and PMIx launchers (PMIX_*). A payload that inherited them would take itself for a rank of the
+# worker's MPI job: MPI_Init in it (a Python payload importing mpi4py, say) writes to the rank's PMI
+# descriptor, which the payload does not have (or, worse, has opened as one of its own files).
+# Without them MPI in a payload starts as a singleton, or under the payload's own mpiexec.
+RANK_ONLY_VARIABLES = ("PMI_", "PMIX_", "HYDI_", "MPI_LOCALNRANKS", "MPI_LOCALRANKID")
+
+
 def payload_base_env(environ) -> dict[str, str]:
-    """The worker's environment, with the worker's Python first on PATH (so payloads find ``python``)."""
-    env = dict(environ)
+    """The worker's environment for its payloads: without what the MPI launcher set for this rank
+    (RANK_ONLY_VARIABLES), with the worker's Python first on PATH (so payloads find ``python``)."""
+    env = {name: value for name, value in environ.items() if not name.startswith(RANK_ONLY_VARIABLES)}
     bindir = os.path.dirname(sys.executable)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "/usr/bin:/bin")
     env["HPC_EDGE_PYTHON"] = sys.executable

@@ -42,6 +42,37 @@ def test_payloads_get_the_environment_the_site_gave_not_the_ranks_start_up_setti
         assert not set(MPI_START_ENV) & set(env), f"a start-up setting reached a payload: {sorted(env)}"
 
 
+def test_a_payload_using_mpi_is_an_mpi_job_of_its_own_not_a_rank_of_the_worker(tmp_path):
+    # mpiexec gives each rank PMI_FD, PMI_RANK, PMI_SIZE ...: a payload that inherited them took itself
+    # for rank 0 or 1 of the worker's job, and its MPI_Init failed writing to a PMI descriptor it did
+    # not have ("PMIU_write error ... Bad file descriptor", exit 15)
+    workload = write_workload(tmp_path, """
+tasks:
+  - name: singleton
+    command: python -c "from mpi4py import MPI; c = MPI.COMM_WORLD; print(c.Get_rank(), c.Get_size())"
+    count: 2
+    max_attempts: 1
+  - name: own-mpiexec
+    command: mpiexec -n 2 python -c "from mpi4py import MPI; print(MPI.COMM_WORLD.Get_size())"
+    count: 1
+    max_attempts: 1
+  - name: env
+    command: env
+    count: 1
+    max_attempts: 1
+""")
+    code, summary = run_json("run", workload, "--ranks", 2, "--data-dir", tmp_path / "run")
+
+    assert code == 0 and summary["states"] == {"finished": 4}, summary
+    out: dict[str, list[str]] = {}
+    for job in jobs_by(tmp_path / "run").values():
+        out.setdefault(job["task"], []).append((Path(job["workdir"]) / "payload.stdout").read_text())
+    assert out["singleton"] == ["0 1\n", "0 1\n"]
+    assert sorted(out["own-mpiexec"][0].split()) == ["2", "2"]
+    names = {line.split("=", 1)[0] for line in out["env"][0].splitlines()}
+    assert "HPC_EDGE_JOB_ID" in names and not {n for n in names if n.startswith(("PMI_", "HYDI_"))}
+
+
 def test_a_setting_the_site_made_reaches_the_payloads_unchanged(tmp_path):
     code, summary = run_json("run", write_workload(tmp_path, ENV_WORKLOAD), "--ranks", 2,
                              "--data-dir", tmp_path / "run", env={"UCX_MEM_EVENTS": "yes"})

@@ -53,15 +53,25 @@ tasks:
     count: 40
     walltime: 1m
     outputs: [where.txt]
+  - name: mpi
+    command: python -c "from mpi4py import MPI; print(MPI.COMM_WORLD.Get_size())" > size.txt
+    count: 4
+    walltime: 1m
+    outputs: [size.txt]
 """)
         run_cli("submit", workload, env=env, check=True)
-        wait_for(lambda: states(env).get("finished") == 40, 180, "40 jobs finished on Slurm")
+        wait_for(lambda: states(env).get("finished") == 44, 180, "44 jobs finished on Slurm")
         (batch_id, state), = query(home, "SELECT batch_id, state FROM workers")
         assert batch_id.isdigit()
         ranks = {r for (r,) in query(home, "SELECT DISTINCT rank FROM jobs")}
         assert ranks == {0, 1, 2, 3}
-        for (workdir, rank) in query(home, "SELECT workdir, rank FROM jobs"):
+        for (workdir, rank) in query(home, "SELECT j.workdir, j.rank FROM jobs j JOIN tasks t USING (task_id) "
+                                           "WHERE t.name = 't'"):
             assert open(f"{workdir}/where.txt").read() == f"{batch_id} {rank}\n"
+        # a payload using MPI is an MPI job of its own (one rank), not a rank of srun's step
+        sizes = [open(f"{w}/size.txt").read() for (w,) in query(
+            home, "SELECT j.workdir FROM jobs j JOIN tasks t USING (task_id) WHERE t.name = 'mpi'")]
+        assert sizes == ["1\n"] * 4
         # the worker drains once idle, and its batch job ends
         wait_for(lambda: query(home, "SELECT state FROM workers")[0][0] in ("done",), 120, "worker done")
         # swept by the queue's policy: the logs stay, the rest goes
