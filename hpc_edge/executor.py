@@ -2,7 +2,7 @@
 
 Each payload runs in its own working directory and process group (its own session), with stdout and
 stderr in files there; its exit code or signal, wall and CPU time and max RSS are recorded from
-``wait4``. Several payloads run side by side when cores allow; a 4-core payload waits for 4 free
+``wait4``, and what it left running in its process group is killed as it ends. Several payloads run side by side when cores allow; a 4-core payload waits for 4 free
 cores (first fit over the local queue, so small payloads backfill behind it).
 """
 
@@ -220,12 +220,18 @@ class Executor:
     def reap(self) -> list[JobEvent]:
         events: list[JobEvent] = []
         while self.running or self.es.procs:
-            try:
-                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            try:  # WNOWAIT: an ended payload stays a zombie, so its pid still names its process group
+                ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 break
-            if pid == 0:
+            if ended is None:
                 break
+            pid = ended.si_pid
+            if pid in self.running or pid in self.es.procs:
+                # what a payload left running in its process group (``cmd &``) would hold cores the
+                # next payload is given: it ends with the payload
+                _killpg(pid, signal.SIGKILL)
+            pid, status, usage = os.wait4(pid, 0)
             if pid in self.es.procs:
                 events.extend(self.es.ended(pid, os.waitstatus_to_exitcode(status)))
                 continue

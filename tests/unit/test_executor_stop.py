@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import psutil
 import pytest
 
 from hpc_edge.errors import ErrorCode
@@ -81,3 +82,20 @@ def test_a_user_kill_stays_a_cancellation_even_if_the_payload_exits_0(ex, tmp_pa
     e = ended(step_until(ex, lambda ev: 3 in ended(ev)))[3]
 
     assert (e.state, e.error_code) == ("cancelled", ErrorCode.KILLED_BY_USER)
+
+
+def test_what_a_payload_leaves_running_ends_with_it(ex, tmp_path):
+    # "cmd &" in a payload: the background process would go on holding the core that the next payload
+    # is given (and outlive the worker on a machine without a batch system to clean up)
+    ex.add([spec(tmp_path, 1, "sleep 300 & echo $! > bg.pid; echo started")])
+    e = ended(step_until(ex, lambda ev: 1 in ended(ev)))[1]
+    assert (e.state, e.exit_code) == ("finished", 0)
+    stray = int((tmp_path / "jobs" / "1" / "bg.pid").read_text())
+    wait_for(lambda: gone(stray), 30, "the payload's background process to be killed")
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # dead, not yet reaped by init
+    except psutil.NoSuchProcess:
+        return True
