@@ -182,7 +182,7 @@ class JobBook:
     def limits(task: TaskSpec) -> p.JobLimits:
         lim = task.limits
         return p.JobLimits(looping_s=lim.looping, max_output_mb=lim.max_output_mb, max_workdir_mb=lim.max_workdir_mb,
-                           memory_mb=lim.memory_mb, check_s=lim.check_every)
+                           memory_mb=lim.memory_mb, max_walltime_s=lim.max_walltime, check_s=lim.check_every)
 
     # ---- events from relays -------------------------------------------------------------------
     def apply_all(self, worker_id: str, events: list[p.JobEvent]) -> None:

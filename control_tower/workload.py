@@ -67,7 +67,8 @@ class EventFile(BaseModel):
 
 RETRY_CLASSES = {
     "exit": 1001, "signal": 1002, "start": 1003, "looping": 1005, "output_size": 1006, "disk": 1007,
-    "memory": 1008, "reported": 1009, "missing_output": 1010, "empty_output": 1011, "stageout": 1050,
+    "memory": 1008, "reported": 1009, "missing_output": 1010, "empty_output": 1011, "walltime": 1012,
+    "stageout": 1050,
 }
 
 
@@ -94,9 +95,11 @@ class TaskLimits(BaseModel):
     max_output_mb: int | None = Field(default=None, gt=0, description="stdout + stderr")
     max_workdir_mb: int | None = Field(default=None, gt=0)
     memory_mb: int = Field(default=0, ge=0, description="RSS of the payload's process tree; 0: none")
-    check_every: float = Field(default=10.0, description="seconds between checks")
+    max_walltime: float | None = Field(default=None, gt=0,
+                                       description="kill a payload still running this long after its start")
+    check_every: float = Field(default=10.0, gt=0, description="seconds between checks")
 
-    @field_validator("looping", "check_every", mode="before")
+    @field_validator("looping", "max_walltime", "check_every", mode="before")
     @classmethod
     def _durations(cls, v):
         return None if v is None else parse_duration(v)

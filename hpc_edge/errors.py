@@ -34,6 +34,7 @@ class ErrorCode(enum.IntEnum):
     PAYLOAD_REPORTED = 1009
     OUTPUT_MISSING = 1010
     OUTPUT_EMPTY = 1011
+    WALLTIME_EXCEEDED = 1012
     WALLTIME_PREEMPTED = 1020
     KILLED_BY_USER = 1030
     WORKER_STOPPED = 1031
@@ -46,7 +47,7 @@ class ErrorCode(enum.IntEnum):
     def is_limit(self) -> bool:
         """A limit the monitor enforced by killing the payload (a failure of the payload)."""
         return self in (ErrorCode.LOOPING, ErrorCode.OUTPUT_TOO_LARGE, ErrorCode.WORKDIR_TOO_LARGE,
-                        ErrorCode.MEMORY_EXCEEDED)
+                        ErrorCode.MEMORY_EXCEEDED, ErrorCode.WALLTIME_EXCEEDED)
 
     @property
     def counts_as_attempt(self) -> bool:

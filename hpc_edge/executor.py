@@ -124,17 +124,22 @@ class Executor:
         return events
 
     def enforce_limits(self) -> None:
-        """Every few seconds, check each payload against its job's limits; kill those over one."""
+        """Every few seconds, and at its walltime limit, check each payload against its job's limits;
+        kill those over one."""
         now = time.monotonic()
         for run in self.running.values():
             limits = run.spec.limits
             if run.stop_reason is not None or now < run.next_check or not (
-                    limits.looping_s or limits.max_output_mb or limits.max_workdir_mb or limits.memory_mb):
+                    limits.looping_s or limits.max_output_mb or limits.max_workdir_mb or limits.memory_mb
+                    or limits.max_walltime_s):
                 continue
-            if not run.next_check:  # the first look is one interval after the start
-                run.progress.since, run.next_check = now, now + limits.check_s
-                continue
+            first = not run.next_check
             run.next_check = now + limits.check_s
+            if limits.max_walltime_s and run.start_mono + limits.max_walltime_s > now:
+                run.next_check = min(run.next_check, run.start_mono + limits.max_walltime_s)
+            if first:  # the first look is one interval after the start (or at the walltime limit)
+                run.progress.since = now
+                continue
             broken = check(run, now)
             if broken is not None:
                 logger.warning("rank %d: job %d: %s", self.rank, run.spec.job_id, broken[1])

@@ -72,6 +72,9 @@ def check(run, now: float) -> tuple[ErrorCode, str] | None:
     progress: Progress = run.progress
     if cpu > progress.cpu_s + 0.01 or out != progress.output_bytes:
         progress.cpu_s, progress.output_bytes, progress.since = cpu, out, now
+    if limits.max_walltime_s and now - run.start_mono >= limits.max_walltime_s:
+        return ErrorCode.WALLTIME_EXCEEDED, (f"still running {now - run.start_mono:.1f} s after its start, over the "
+                                             f"job's walltime limit of {limits.max_walltime_s:g} s")
     if limits.memory_mb and rss > limits.memory_mb * 2**20:
         return ErrorCode.MEMORY_EXCEEDED, f"memory {rss // 2**20} MB over the job's limit of {limits.memory_mb} MB"
     if limits.max_output_mb and out > limits.max_output_mb * 2**20:

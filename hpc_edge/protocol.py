@@ -44,6 +44,7 @@ class JobLimits(_Record):
     max_output_mb: int | None = Field(default=None, gt=0)
     max_workdir_mb: int | None = Field(default=None, gt=0)
     memory_mb: int = Field(default=0, ge=0)
+    max_walltime_s: float | None = Field(default=None, gt=0)
     check_s: float = Field(default=10.0, gt=0)
 
 

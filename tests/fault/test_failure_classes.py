@@ -34,6 +34,11 @@ tasks:
     count: 1
     max_attempts: 1
     limits: {max_workdir_mb: 2, check_every: 0.2}
+  - name: hung          # looks alive (CPU, output) but never ends: its walltime limit ends it
+    command: while true; do echo tick; sleep 0.1; done
+    count: 1
+    max_attempts: 1
+    limits: {max_walltime: 2s, looping: 1m}
   - name: reporter      # exits 0 but reports a failure in jobReport.json
     command: |-
       echo '{"exitCode": 65, "exitMsg": "Athena crashed", "nEvents": 0}' > jobReport.json
@@ -57,6 +62,9 @@ tasks:
     assert (jobs["greedy"]["state"], jobs["greedy"]["error_code"]) == ("failed", 1008)
     assert "over the job's limit of 50 MB" in jobs["greedy"]["error_diag"]
     assert (jobs["hoarder"]["state"], jobs["hoarder"]["error_code"]) == ("failed", 1007)
+    assert (jobs["hung"]["state"], jobs["hung"]["error_code"]) == ("failed", 1012)
+    assert jobs["hung"]["wall_s"] >= 2.0
+    assert "over the job's walltime limit of 2 s" in jobs["hung"]["error_diag"]
     assert (jobs["reporter"]["state"], jobs["reporter"]["error_code"], jobs["reporter"]["exit_code"]) == \
         ("failed", 1009, 0)
     assert jobs["reporter"]["error_diag"] == "jobReport.json: exitCode 65: Athena crashed"

@@ -10,7 +10,7 @@ import pytest
 
 from hpc_edge.errors import ErrorCode
 from hpc_edge.executor import Executor
-from hpc_edge.protocol import JobSpec
+from hpc_edge.protocol import JobLimits, JobSpec
 from tests.helpers import wait_for
 
 
@@ -99,3 +99,12 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # dead, not yet reaped by init
     except psutil.NoSuchProcess:
         return True
+
+
+def test_a_walltime_limit_is_checked_when_it_falls_due_not_at_the_next_periodic_check(ex, tmp_path):
+    limited = spec(tmp_path, 1, "sleep 60").model_copy(
+        update={"limits": JobLimits(max_walltime_s=3.0, check_s=10.0)})
+    ex.add([limited])
+    step_until(ex, lambda ev: any(e.state == "running" for e in ev))  # its step had the first look
+    (run,) = ex.running.values()
+    assert run.next_check == run.start_mono + 3.0
