@@ -2,8 +2,9 @@
 
 Each payload runs in its own working directory and process group (its own session), with stdout and
 stderr in files there; its exit code or signal, wall and CPU time and max RSS are recorded from
-``wait4``, and what it left running in its process group is killed as it ends. Several payloads run side by side when cores allow; a 4-core payload waits for 4 free
-cores (first fit over the local queue, so small payloads backfill behind it).
+``wait4``, and what it left running in its process group is killed as it ends. Several payloads run
+side by side when cores allow; a 4-core payload waits for 4 free cores (first fit over the local
+queue, so small payloads backfill behind it).
 """
 
 from __future__ import annotations
