@@ -36,13 +36,19 @@ KILL_GRACE_S = 5.0
 DOUBT_S = 2.0
 _TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 _SHELL_CHARS = set("|&;<>()$`\\\"'*?[]#~=%{}\n")
+# Words only a shell runs (POSIX special and regular built-ins that are no program, reserved words):
+# "exit 3", "cd sub", "ulimit -v 1000", "source setup.sh" need /bin/sh even without a special character
+_SHELL_WORDS = frozenset(
+    "break : continue . eval exec exit export readonly return set shift times trap unset "
+    "alias bg cd command fc fg getopts hash jobs read type ulimit umask unalias wait source "
+    "! { } case do done elif else esac fi for if in then until while time".split())
 
 
 def payload_argv(command: str) -> list[str]:
     """A command string as argv: exec'd directly when it needs no shell, else through /bin/sh -c."""
     if _SHELL_CHARS.isdisjoint(command):
         argv = command.split()
-        if argv:
+        if argv and argv[0] not in _SHELL_WORDS:
             return argv
     return ["/bin/sh", "-c", command]
 
