@@ -44,6 +44,19 @@ def Table(**kw):  # noqa: N802
     return RichTable(**kw)
 
 
+def print_table(table) -> None:
+    """Print a table whole: wider than the terminal (or than 80 columns, into a pipe) rather than with
+    its numbers and names cut to fit ("10000…" for 1,000,000 jobs). A column of long text sets its own
+    ``max_width`` to wrap within it."""
+    from rich.measure import Measurement
+
+    console = Console()
+    needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if needed > console.width:
+        console = Console(width=needed)
+    console.print(table)
+
+
 def default_home() -> Path:
     return Path(os.environ.get("HPC_EDGE_HOME", Path.home() / ".hpc-edge"))
 
@@ -134,7 +147,7 @@ def run(workload, ranks, cores_per_rank, memory_per_rank_mb, walltime, walltime_
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        Console().print(summary_table(summary))
+        print_table(summary_table(summary))
         if status == 130:
             click.echo(f"interrupted; finish with: hpc-edge run {workload} --resume"
                        + (f" --data-dir {data_dir}" if data_dir != Path('.hpc-edge/runs') / wl.name else ""))
@@ -223,7 +236,7 @@ def _print_status(st: dict, as_json: bool) -> None:
     for task in st["tasks"]:
         table.add_row(str(task["task_id"]), task["name"], str(task["jobs"]),
                       *(str(task["states"].get(s, 0)) for s in states))
-    Console().print(table)
+    print_table(table)
     if st.get("rejected"):
         click.echo(f"rejected messages: {st['rejected']}")
 
@@ -242,13 +255,13 @@ def jobs(data_dir, state, task, limit, as_json):
         return
     table = Table()
     for col in ("job", "task", "state", "attempt", "worker", "rank", "exit", "error", "wall s"):
-        table.add_column(col)
+        table.add_column(col, max_width=60 if col == "error" else None)
     for r in rows:
         error = f"{r['error_code']} {r['error_diag']}" if r["error_code"] else ""
         table.add_row(str(r["job_id"]), str(r["task_id"]), r["state"], str(r["attempt"]), r["worker_id"] or "",
                       "" if r["rank"] is None else str(r["rank"]), "" if r["exit_code"] is None else str(r["exit_code"]),
                       error, "" if r["wall_s"] is None else f"{r['wall_s']:.3f}")
-    Console().print(table)
+    print_table(table)
 
 
 @main.command()
