@@ -109,8 +109,12 @@ def build_app(service) -> web.Application:
                 data = f.read()
         except ValueError:
             return _error(400, "tail must be an integer")
-        except OSError:
+        except FileNotFoundError:
+            if row["state"] == "finished":  # run on --scratch, which brings back no empty log
+                return web.Response(body=b"", content_type="text/plain")
             return _error(404, f"job {job_id} has no {stream} file yet ({path})")
+        except OSError as exc:
+            return _error(404, f"job {job_id}: cannot read its {stream} file: {exc}")
         return web.Response(body=data, content_type="text/plain")
 
     async def workers(_request):

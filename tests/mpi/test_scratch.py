@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.helpers import jobs_by, run_cli, run_json
+from tests.helpers import jobs_by, run_cli, run_json, write_workload
 
 
 def test_scratch_brings_back_outputs_and_logs_and_everything_of_a_failure(tmp_path):
@@ -41,6 +41,18 @@ def test_scratch_brings_back_outputs_and_logs_and_everything_of_a_failure(tmp_pa
     assert sorted(p.name for p in try1.iterdir()) == ["debug.txt", "payload.stderr", "payload.stdout"]
     assert (try1 / "payload.stderr").read_text() == "oops\n"
     assert list(scratch.iterdir()) == []  # each rank removed its scratch directory
+
+    # hpc-edge logs: an empty log left on scratch is an empty log, not a missing one
+    env = {"HPC_EDGE_HOME": str(data)}
+    run_cli("tower", "start", "--site", write_workload(tmp_path, "queues: []\n", "site.yaml"), env=env, check=True)
+    try:
+        ok, quiet = jobs[("ok", 1)]["job_id"], jobs[("quiet", 0)]["job_id"]
+        assert run_cli("logs", ok, env=env, check=True).stdout == "said 1\n"
+        for job_id, stream in ((ok, "--stderr"), (quiet, "--stdout"), (quiet, "--stderr")):
+            assert run_cli("logs", job_id, stream, env=env, check=True).stdout == ""
+        assert run_cli("logs", bad["job_id"], "--stderr", env=env, check=True).stdout == "oops\n"
+    finally:
+        run_cli("tower", "stop", env=env)
 
 
 def test_a_scratch_directory_that_cannot_be_made_is_refused_before_the_run(tmp_path):
