@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -100,7 +101,8 @@ def log_to(data_dir: Path, level: str) -> None:
 
 
 def run_workload(workload: Workload, opts: RunOptions, console: Console | None) -> tuple[dict, int]:
-    """Run to the end; return the summary and the exit status (0 all finished, 1 some did not, 130 interrupted)."""
+    """Run to the end; return the summary and the exit status (0 all finished, 1 some did not, 130
+    interrupted, 129 its terminal hung up)."""
     queue = QueueConfig(name="local", launcher="local", ranks_per_node=opts.ranks,
                         cores_per_rank=opts.cores_per_rank, memory_per_rank_mb=opts.memory_per_rank_mb,
                         walltime=opts.walltime, walltime_grace_s=opts.walltime_grace_s,
@@ -128,8 +130,22 @@ def run_workload(workload: Workload, opts: RunOptions, console: Console | None) 
     if service.provisioner.error:
         raise ServiceError(service.provisioner.error)
     if service.interrupted:
-        return summary, 130
+        return summary, 129 if service.hung_up else 130
     return summary, 0 if summary["ok"] else 1
+
+
+def hang_up(service: Service) -> None:
+    """The run's terminal has gone (an ssh connection dropped): stop as Ctrl-C does, the running jobs
+    back to the pool, rather than die and leave the MPI job running with no tower. What is still to
+    be written to the terminal (the progress bar, the summary) goes nowhere: a write to a terminal that
+    has hung up fails, and must not stop the run's orderly end. tower.log says what happened."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    service.hung_up = True
+    logger.warning("the terminal hung up (SIGHUP): stopping; finish the run with --resume")
+    service.interrupt()
 
 
 def unstored(service: Service, workload: Workload) -> Workload | None:
@@ -161,6 +177,7 @@ async def _serve(service: Service, opts: RunOptions, console: Console | None,
     """Serve until every job is final; a fresh ``workload`` is stored once its worker is on its way."""
     await service.start(workload)
     service.install_signal_handlers()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hang_up, service)
     book = service.tower.book
     total = sum(spec.n_jobs for _, spec in book.tasks.values())
     if not opts.progress:

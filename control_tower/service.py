@@ -91,6 +91,7 @@ class Service:
         self.api = None
         self.lock = None  # held from claim() to close(): see claim_data_dir
         self.interrupted = 0
+        self.hung_up = False  # a run's terminal went (SIGHUP): it stops as if interrupted
         self.stop_requested = False
         # work arrived (a submit, a retry) since the provisioner last looked: it looks at the next turn,
         # not at its next cycle, so a user's first jobs wait for no provision_interval_s
@@ -178,10 +179,10 @@ class Service:
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, self._on_interrupt)
-        loop.add_signal_handler(signal.SIGTERM, self._on_interrupt)
+        loop.add_signal_handler(signal.SIGINT, self.interrupt)
+        loop.add_signal_handler(signal.SIGTERM, self.interrupt)
 
-    def _on_interrupt(self) -> None:
+    def interrupt(self) -> None:
         self.interrupted += 1
         if self.interrupted == 1:
             logger.warning("interrupted: stopping workers (their running jobs go back to the pool)")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import select
 import signal
 import subprocess
 from collections import Counter
@@ -93,3 +96,55 @@ tasks:
     assert all(jobs[j]["dispatch"] == 1 for j in running), "a job the old worker finished was sent again"
     assert Counter(int(line) for line in ran.read_text().split()) == Counter({j: 1 for j in jobs})
     assert processes_under(data) == []
+
+
+def test_a_run_whose_terminal_hangs_up_stops_as_ctrl_c_does(tmp_path):
+    """An ssh connection that drops hangs up the run's terminal (SIGHUP). The run stops its MPI job
+    and puts the running jobs back, as Ctrl-C does; before, SIGHUP killed it outright and left the MPI
+    job running with no tower. Its terminal (a real pseudo-terminal) is gone: what it would still
+    print must not get in the way."""
+    ran, gate = tmp_path / "ran.log", tmp_path / "gate"
+    workload = write_workload(tmp_path, f"""
+name: hangup
+tasks:
+  - name: held
+    command: while [ ! -e {gate} ]; do sleep 0.05; done; echo {{job_id}} >> {ran}
+    count: 4
+""")
+    data = tmp_path / "run"
+    pid, terminal = pty.fork()  # the child's controlling terminal is this pseudo-terminal
+    if pid == 0:
+        try:
+            os.execv(HPC_EDGE[0], [*HPC_EDGE, "run", str(workload), "--ranks", "2", "--data-dir", str(data)])
+        finally:
+            os._exit(127)
+
+    def running_two():
+        while select.select([terminal], [], [], 0)[0]:  # read what it draws, or it blocks on a full terminal
+            os.read(terminal, 65536)
+        return scalar(data, "SELECT count(*) FROM jobs WHERE state='running'") == 2
+
+    try:
+        wait_for(running_two, 120, "2 jobs running")
+        os.close(terminal)  # the last hold on the terminal goes: the kernel hangs it up
+
+        def ended():
+            done, status = os.waitpid(pid, os.WNOHANG)
+            return (status,) if done else None
+
+        (status,) = wait_for(ended, 120, "the run to end")
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    assert os.waitstatus_to_exitcode(status) == 129
+    assert processes_under(data) == []
+    assert Counter(j["state"] for j in jobs_by(data).values()) == {"activated": 4}
+    assert "the terminal hung up (SIGHUP)" in (data / "tower.log").read_text()
+
+    gate.touch()
+    code, summary = run_json("run", workload, "--ranks", "2", "--data-dir", data, "--resume")
+    assert code == 0 and summary["states"] == {"finished": 4}, summary
+    assert Counter(int(line) for line in ran.read_text().split()) == Counter({j: 1 for j in jobs_by(data)})
