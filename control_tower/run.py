@@ -134,14 +134,15 @@ def run_workload(workload: Workload, opts: RunOptions, console: Console | None) 
     return summary, 0 if summary["ok"] else 1
 
 
-def hang_up(service: Service) -> None:
+def hang_up(service: Service, terminals: list[int]) -> None:
     """The run's terminal has gone (an ssh connection dropped): stop as Ctrl-C does, the running jobs
     back to the pool, rather than die and leave the MPI job running with no tower. What is still to
     be written to the terminal (the progress bar, the summary) goes nowhere: a write to a terminal that
-    has hung up fails, and must not stop the run's orderly end. tower.log says what happened."""
+    has hung up fails, and must not stop the run's orderly end. Output into a file or a pipe (--json
+    > summary.json) goes there as usual. tower.log says what happened."""
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
+    for fd in terminals:
+        os.dup2(devnull, fd)
     os.close(devnull)
     service.hung_up = True
     logger.warning("the terminal hung up (SIGHUP): stopping; finish the run with --resume")
@@ -177,7 +178,8 @@ async def _serve(service: Service, opts: RunOptions, console: Console | None,
     """Serve until every job is final; a fresh ``workload`` is stored once its worker is on its way."""
     await service.start(workload)
     service.install_signal_handlers()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hang_up, service)
+    terminals = [fd for fd in (1, 2) if os.isatty(fd)]  # asked now: a terminal that hung up is none
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hang_up, service, terminals)
     book = service.tower.book
     total = sum(spec.n_jobs for _, spec in book.tasks.values())
     if not opts.progress:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -102,7 +103,7 @@ def test_a_run_whose_terminal_hangs_up_stops_as_ctrl_c_does(tmp_path):
     """An ssh connection that drops hangs up the run's terminal (SIGHUP). The run stops its MPI job
     and puts the running jobs back, as Ctrl-C does; before, SIGHUP killed it outright and left the MPI
     job running with no tower. Its terminal (a real pseudo-terminal) is gone: what it would still
-    print must not get in the way."""
+    print must not get in the way; what goes into a file (--json > summary.json) still goes there."""
     ran, gate = tmp_path / "ran.log", tmp_path / "gate"
     workload = write_workload(tmp_path, f"""
 name: hangup
@@ -111,11 +112,13 @@ tasks:
     command: while [ ! -e {gate} ]; do sleep 0.05; done; echo {{job_id}} >> {ran}
     count: 4
 """)
-    data = tmp_path / "run"
+    data, summary_file = tmp_path / "run", tmp_path / "summary.json"
     pid, terminal = pty.fork()  # the child's controlling terminal is this pseudo-terminal
     if pid == 0:
-        try:
-            os.execv(HPC_EDGE[0], [*HPC_EDGE, "run", str(workload), "--ranks", "2", "--data-dir", str(data)])
+        try:  # stdout into a file, stderr (its logs) on the terminal
+            os.dup2(os.open(summary_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
+            os.execv(HPC_EDGE[0], [*HPC_EDGE, "run", str(workload), "--ranks", "2", "--data-dir", str(data),
+                                   "--json", "--log-level", "INFO"])
         finally:
             os._exit(127)
 
@@ -143,6 +146,7 @@ tasks:
     assert processes_under(data) == []
     assert Counter(j["state"] for j in jobs_by(data).values()) == {"activated": 4}
     assert "the terminal hung up (SIGHUP)" in (data / "tower.log").read_text()
+    assert json.loads(summary_file.read_text())["states"] == {"activated": 4}
 
     gate.touch()
     code, summary = run_json("run", workload, "--ranks", "2", "--data-dir", data, "--resume")
