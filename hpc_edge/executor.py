@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PLUGIN_CODE_RANGE, ErrorCode
-from .monitor import REPORT_NAME, Progress, check, file_size, read_job_report
+from .monitor import REPORT_NAME, Progress, check, child_pids, file_size, job_of, read_job_report
 from .spawn import Spawner
 from .watchdog import Watchdog
 from .esrunner import EventRunner
@@ -34,6 +34,7 @@ STDOUT_NAME = "payload.stdout"
 STDERR_NAME = "payload.stderr"
 KILL_GRACE_S = 5.0
 DOUBT_S = 2.0
+STRAY_CHECK_S = 1.0
 _TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 _SHELL_CHARS = set("|&;<>()$`\\\"'*?[]#~=%{}\n")
 # Words only a shell runs (POSIX special and regular built-ins that are no program, reserved words):
@@ -115,6 +116,7 @@ class Executor:
             self.watchdog = Watchdog()
         self.spawner = Spawner(STDOUT_NAME, STDERR_NAME)
         self.doubtful: list[tuple[float, Running, int, object]] = []
+        self.next_stray_check = 0.0
 
     # ---- the loop's steps -------------------------------------------------------------------
     def add(self, specs: list[JobSpec]) -> None:
@@ -128,7 +130,33 @@ class Executor:
         events.extend(self.es.step())
         self.enforce_limits()
         self.escalate_kills()
+        if time.monotonic() >= self.next_stray_check:
+            self.next_stray_check = time.monotonic() + STRAY_CHECK_S
+            self.kill_strays()
         return events
+
+    def kill_strays(self) -> None:
+        """Kill what payloads that ended left running outside their process group (a daemon with a
+        session of its own, a double fork). A worker's rank is the subreaper of its payloads'
+        descendants (worker.py), so such a process, once its parent is gone, is a child of this rank
+        that it did not start; the HPC_EDGE_JOB_ID in its environment says whose it is. It is left
+        alone while that job runs here, and so is one without it (it cleared its environment)."""
+        known = self.running.keys() | self.es.procs.keys()
+        live = {run.spec.job_id for run in self.running.values()} | {
+            proc.spec.job_id for proc in self.es.procs.values()}
+        for pid in child_pids():
+            if pid in known:
+                continue
+            job = job_of(pid)
+            if job is None or job in live:
+                continue
+            logger.warning("rank %d: killing process %d that job %d left running", self.rank, pid, job)
+            try:  # our child, not yet reaped: its pid (and the group it may lead) cannot be another's
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def enforce_limits(self) -> None:
         """Every few seconds, and at its walltime limit, check each payload against its job's limits;
@@ -393,6 +421,7 @@ class Executor:
         # the watchdog's pipe stays open until this process exits (after MPI_Finalize): it then kills
         # any payload group still guarded and removes MPI's shared memory if the end was not orderly
         self.spawner.close()
+        self.kill_strays()  # no job runs any more: whatever a payload left goes
         if self.scratch and not self.running:
             shutil.rmtree(self.scratch, ignore_errors=True)
 

@@ -49,6 +49,53 @@ def tree_usage(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
+def become_subreaper() -> bool:
+    """Make this process the reaper of its descendants' orphans (``PR_SET_CHILD_SUBREAPER``): what a
+    payload starts and leaves behind (a daemon of its own session, a double fork) is reparented to
+    this rank, not to init, where ``stray_children`` finds it. False where the kernel refuses."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # 36: PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def child_pids() -> list[int]:
+    """This process's children, from /proc (each thread lists those it started or adopted)."""
+    pids: list[int] = []
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return pids
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                pids.extend(map(int, f.read().split()))
+        except OSError:
+            continue
+    return pids
+
+
+_JOB_VAR = b"HPC_EDGE_JOB_ID="
+
+
+def job_of(pid: int) -> int | None:
+    """The job a process belongs to, by the HPC_EDGE_JOB_ID it inherited; None if it has none."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+    except OSError:
+        return None
+    for entry in environ.split(b"\0"):
+        if entry.startswith(_JOB_VAR):
+            try:
+                return int(entry[len(_JOB_VAR):])
+            except ValueError:
+                return None
+    return None
+
+
 def dir_bytes(path: Path, cap: int | None = None) -> int:
     """Bytes of the files under ``path`` (stops counting past ``cap``)."""
     total = 0

@@ -57,7 +57,10 @@ def main(argv: list[str]) -> int:
     for name in ours:  # payloads get the environment the site gave this rank
         os.environ.pop(name, None)
     from .executor import Executor
+    from .monitor import become_subreaper
     from .protocol import RankInfo
+
+    become_subreaper()  # what payloads leave behind comes back to this rank (Executor.kill_strays)
 
     comm = MPI.COMM_WORLD
     wait_quietly(comm.Ibarrier())  # every rank is past its imports: the collectives below wait for none
