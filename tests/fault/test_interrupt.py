@@ -60,18 +60,24 @@ tasks:
     assert processes_under(data) == []
 
 
-def test_a_run_killed_outright_is_resumed_with_its_worker(tmp_path):
-    """kill -9 of ``hpc-edge run``: its MPI job lives on, finishes what it was running, and reports it
-    to the resumed run, which listens where the killed one did. No payload runs twice, and the resume
-    does not wait lost_after_s (120 s) for a worker that cannot find it."""
+def held_workload(tmp_path, count: int):
+    """(ran.log, gate, workload): ``count`` jobs held until the gate file exists, each then writing
+    its job id to ran.log once."""
     ran, gate = tmp_path / "ran.log", tmp_path / "gate"
-    workload = write_workload(tmp_path, f"""
+    return ran, gate, write_workload(tmp_path, f"""
 name: held
 tasks:
   - name: held
     command: while [ ! -e {gate} ]; do sleep 0.05; done; echo {{job_id}} >> {ran}
-    count: 6
+    count: {count}
 """)
+
+
+def test_a_run_killed_outright_is_resumed_with_its_worker(tmp_path):
+    """kill -9 of ``hpc-edge run``: its MPI job lives on, finishes what it was running, and reports it
+    to the resumed run, which listens where the killed one did. No payload runs twice, and the resume
+    does not wait lost_after_s (120 s) for a worker that cannot find it."""
+    ran, gate, workload = held_workload(tmp_path, 6)
     data = tmp_path / "run"
     proc = subprocess.Popen([*HPC_EDGE, "run", workload, "--ranks", "2", "--data-dir", data, "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -104,14 +110,7 @@ def test_a_run_whose_terminal_hangs_up_stops_as_ctrl_c_does(tmp_path):
     and puts the running jobs back, as Ctrl-C does; before, SIGHUP killed it outright and left the MPI
     job running with no tower. Its terminal (a real pseudo-terminal) is gone: what it would still
     print must not get in the way; what goes into a file (--json > summary.json) still goes there."""
-    ran, gate = tmp_path / "ran.log", tmp_path / "gate"
-    workload = write_workload(tmp_path, f"""
-name: hangup
-tasks:
-  - name: held
-    command: while [ ! -e {gate} ]; do sleep 0.05; done; echo {{job_id}} >> {ran}
-    count: 4
-""")
+    ran, gate, workload = held_workload(tmp_path, 4)
     data, summary_file = tmp_path / "run", tmp_path / "summary.json"
     pid, terminal = pty.fork()  # the child's controlling terminal is this pseudo-terminal
     if pid == 0:

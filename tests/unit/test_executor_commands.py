@@ -3,20 +3,8 @@ shell. Real payload processes."""
 
 from __future__ import annotations
 
-import pytest
-
 from hpc_edge.errors import ErrorCode
-from hpc_edge.executor import Executor
-from tests.unit.test_executor_stop import ended, spec, step_until
-
-
-@pytest.fixture
-def ex():
-    executor = Executor(rank=0, cores=4, memory_mb=1000, guard=False)
-    executor.install_sigchld_wakeup()
-    yield executor
-    executor.hard_kill_all()
-    executor.close()
+from tests.unit.test_executor_stop import ended, ex, spec, step_until  # noqa: F401 (ex: the executor fixture)
 
 
 def test_shell_built_ins_run_in_a_shell_though_they_need_no_special_character(ex, tmp_path):
