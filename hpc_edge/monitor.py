@@ -52,7 +52,7 @@ def tree_usage(pid: int) -> tuple[float, int]:
 def become_subreaper() -> bool:
     """Make this process the reaper of its descendants' orphans (``PR_SET_CHILD_SUBREAPER``): what a
     payload starts and leaves behind (a daemon of its own session, a double fork) is reparented to
-    this rank, not to init, where ``stray_children`` finds it. False where the kernel refuses."""
+    this rank, not to init, where ``Executor.kill_strays`` finds it. False where the kernel refuses."""
     import ctypes
 
     try:
