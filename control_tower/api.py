@@ -5,6 +5,7 @@
     GET  /api/jobs/{id}                    one job, its attempts and its events
     GET  /api/jobs/{id}/log/{stdout|stderr}?tail=BYTES
     GET  /api/workers                      workers
+    GET  /metrics                          Prometheus metrics (jobs by task and state, workers, messages ...)
     POST /api/workloads   (YAML body)      submit a workload           [token]
     POST /api/kill        {"jobs": [...]} | {"task": id} | {"worker": id}  [token]
     POST /api/retry       {"jobs": [...]} | {"task": id, "states": ["failed"]}  [token]
@@ -65,6 +66,15 @@ def build_app(service) -> web.Application:
 
     async def status(_request):
         return web.json_response(tower.status())
+
+    registry = []  # made at the first scrape: prometheus_client takes 40 ms to import, and most runs have none
+
+    async def metrics(_request):
+        from .metrics import CONTENT_TYPE, exposition, registry_for
+
+        if not registry:
+            registry.append(registry_for(service))
+        return web.Response(body=exposition(registry[0]), headers={"Content-Type": CONTENT_TYPE})
 
     async def jobs(request):
         try:
@@ -177,6 +187,7 @@ def build_app(service) -> web.Application:
         web.get("/api/status", status), web.get("/api/jobs", jobs), web.get("/api/jobs/{job_id}", job),
         web.get("/api/jobs/{job_id}/log/{stream}", job_log), web.get("/api/workers", workers),
         web.post("/api/workloads", submit), web.post("/api/kill", kill), web.post("/api/retry", retry),
+        web.get("/metrics", metrics),
     ])
     return app
 

@@ -411,6 +411,10 @@ class Store:
         row = self._worker_rows().get(worker_id)
         return row is not None and row["state"] not in _ENDED
 
+    def worker_states(self) -> dict[str, int]:
+        """How many workers are in each state."""
+        return dict(self.db.execute("SELECT state, count(*) FROM workers GROUP BY state").fetchall())
+
     def workers(self, live_only: bool = False) -> list[dict]:
         """Every worker (or the live ones), by submission time, as fresh dicts.
 

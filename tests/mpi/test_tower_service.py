@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import (
     EXAMPLES,
@@ -62,6 +64,17 @@ tasks:
         assert run_cli("logs", job_id, "--stderr", env=env, check=True).stdout == "err 3\n"
         table = run_cli("jobs", "--state", "failed", env={**env, "COLUMNS": "200"}, check=True).stdout
         assert "exited with code 1" in table
+        # the same, as a Prometheus scraper sees it
+        api = json.loads((home / "tower.json").read_text())["api"]
+        with urllib.request.urlopen(f"{api}/metrics", timeout=30) as got:
+            assert got.headers["Content-Type"].startswith("text/plain; version=")  # the exposition format
+            families = {f.name: f for f in text_string_to_metric_families(got.read().decode())}
+        jobs = {s.labels["state"]: s.value for s in families["hpc_edge_jobs"].samples if s.labels["task"] == "talk"}
+        assert jobs == {"activated": 0, "sent": 0, "running": 0, "finished": 11, "failed": 1, "cancelled": 0}
+        kinds = {s.labels["kind"]: s.value for s in families["hpc_edge_relay_messages"].samples}
+        assert kinds["updates"] >= 1 and kinds["requests"] >= 1
+        assert families["hpc_edge_workers"].samples and families["hpc_edge_store_writable"].samples[0].value == 1
+        assert families["process_resident_memory_bytes"].samples[0].value > 0
         # a bad workload is refused with its line, and the tower keeps serving
         bad = write_workload(tmp_path, "name: x\ntasks:\n  - name: y\n    comand: true\n    count: 1\n", "bad.yaml")
         refused = run_cli("submit", bad, env=env)
