@@ -6,6 +6,7 @@
     GET  /api/jobs/{id}/log/{stdout|stderr}?tail=BYTES
     GET  /api/workers                      workers
     GET  /metrics                          Prometheus metrics (jobs by task and state, workers, messages ...)
+    GET  /                                 the web page: jobs by task, workers, failed jobs (refreshed every 2 s)
     POST /api/workloads   (YAML body)      submit a workload           [token]
     POST /api/kill        {"jobs": [...]} | {"task": id} | {"worker": id}  [token]
     POST /api/retry       {"jobs": [...]} | {"task": id, "states": ["failed"]}  [token]
@@ -29,6 +30,7 @@ from .workload import WorkloadError, parse_workload
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024 * 1024
+WEB_PAGE = Path(__file__).with_name("web") / "index.html"
 
 
 class ApiHandle:
@@ -66,6 +68,9 @@ def build_app(service) -> web.Application:
 
     async def status(_request):
         return web.json_response(tower.status())
+
+    async def page(_request):
+        return web.FileResponse(WEB_PAGE, headers={"Cache-Control": "no-cache"})
 
     registry = []  # made at the first scrape: prometheus_client takes 40 ms to import, and most runs have none
 
@@ -187,7 +192,7 @@ def build_app(service) -> web.Application:
         web.get("/api/status", status), web.get("/api/jobs", jobs), web.get("/api/jobs/{job_id}", job),
         web.get("/api/jobs/{job_id}/log/{stream}", job_log), web.get("/api/workers", workers),
         web.post("/api/workloads", submit), web.post("/api/kill", kill), web.post("/api/retry", retry),
-        web.get("/metrics", metrics),
+        web.get("/metrics", metrics), web.get("/", page),
     ])
     return app
 

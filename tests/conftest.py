@@ -1,4 +1,4 @@
-"""Shared fixtures: the real-Slurm gate and a per-test data directory."""
+"""Shared fixtures: the real-Slurm and real-browser gates and a per-test data directory."""
 
 from __future__ import annotations
 
@@ -21,6 +21,18 @@ def slurm_available() -> tuple[bool, str]:
     if out.returncode != 0 or not any(s.rstrip("*") in ("idle", "mixed", "allocated", "completing") for s in states):
         return False, f"no usable Slurm node (sinfo: {out.stdout.strip() or out.stderr.strip()})"
     return True, ""
+
+
+@pytest.fixture(scope="session")
+def browser() -> str:
+    """Headless Chromium's path. Skip (or, with HPC_EDGE_REQUIRE_BROWSER=1, fail) without one."""
+    found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    if found is None:
+        why = "no chromium on PATH (as root: apt-get install chromium)"
+        if os.environ.get("HPC_EDGE_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"HPC_EDGE_REQUIRE_BROWSER=1 but {why}")
+        pytest.skip(f"needs a real browser: {why}")
+    return found
 
 
 @pytest.fixture(scope="session")
