@@ -1,10 +1,10 @@
 """The tower's HTTP JSON API (localhost by default). Mutating calls need the data directory's token.
 
-    GET  /api/status                       counts by task and state, workers, rejected messages
+    GET  /api/status                       counts by task and state, workers by state, rejected messages
     GET  /api/jobs?state=S&task=T&limit=N  jobs
     GET  /api/jobs/{id}                    one job, its attempts and its events
     GET  /api/jobs/{id}/log/{stdout|stderr}?tail=BYTES
-    GET  /api/workers                      workers
+    GET  /api/workers?live=1&limit=N       workers (live ones only; the latest N submitted)
     GET  /metrics                          Prometheus metrics (jobs by task and state, workers, messages ...)
     GET  /                                 the web page: jobs by task, workers, failed jobs (refreshed every 2 s)
     POST /api/workloads   (YAML body)      submit a workload           [token]
@@ -67,7 +67,7 @@ def build_app(service) -> web.Application:
         return hmac.compare_digest(given.encode(), service.token.encode())
 
     async def status(_request):
-        return web.json_response(tower.status())
+        return web.json_response({**tower.status(), "worker_states": store.worker_states()})
 
     async def page(_request):
         return web.FileResponse(WEB_PAGE, headers={"Cache-Control": "no-cache"})
@@ -132,8 +132,13 @@ def build_app(service) -> web.Application:
             return _error(404, f"job {job_id}: cannot read its {stream} file: {exc}")
         return web.Response(body=data, content_type="text/plain")
 
-    async def workers(_request):
-        return web.json_response(store.workers())
+    async def workers(request):
+        try:
+            limit = int(request.query["limit"]) if "limit" in request.query else None
+        except ValueError:
+            return _error(400, "limit must be an integer")
+        rows = store.workers(live_only=request.query.get("live") == "1")
+        return web.json_response(rows[-limit:] if limit else rows)  # the latest submitted, with a limit
 
     async def submit(request):
         if not authorized(request):

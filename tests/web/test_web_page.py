@@ -58,6 +58,9 @@ tasks:
     assert (count("fine", "finished"), count("fine", "failed")) == (5, 0)
     assert (count("broken", "finished"), count("broken", "failed")) == (0, 2)
     assert "7 jobs, 5 finished" in dom
+    # the worker, idle but not drained (idle_drain_s: 60), among the live ones
+    assert '<div id="worker-states">1 running</div>' in dom
+    assert len(re.findall(r'<tr data-worker="local-\d+">', dom)) == 1
     failed = re.findall(r'<tr data-job="(\d+)">(.*?)</tr>', dom)
     assert len(failed) == 2
     for job_id, row in failed:
