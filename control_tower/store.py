@@ -412,8 +412,11 @@ class Store:
         return row is not None and row["state"] not in _ENDED
 
     def worker_states(self) -> dict[str, int]:
-        """How many workers are in each state."""
-        return dict(self.db.execute("SELECT state, count(*) FROM workers GROUP BY state").fetchall())
+        """How many workers are in each state (from the table's copy in memory: see workers)."""
+        counts: dict[str, int] = {}
+        for row in self._worker_rows().values():
+            counts[row["state"]] = counts.get(row["state"], 0) + 1
+        return counts
 
     def workers(self, live_only: bool = False) -> list[dict]:
         """Every worker (or the live ones), by submission time, as fresh dicts.
