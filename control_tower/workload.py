@@ -97,7 +97,7 @@ class TaskLimits(BaseModel):
     memory_mb: int = Field(default=0, ge=0, description="RSS of the payload's process tree; 0: none")
     max_walltime: float | None = Field(default=None, gt=0,
                                        description="kill a payload still running this long after its start")
-    check_every: float = Field(default=10.0, gt=0, description="seconds between checks")
+    check_every: float = Field(default=10.0, description="seconds between checks")
 
     @field_validator("looping", "max_walltime", "check_every", mode="before")
     @classmethod
