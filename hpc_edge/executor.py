@@ -27,6 +27,12 @@ from .spawn import Spawner
 from .watchdog import Watchdog
 from .esrunner import EventRunner
 from .protocol import FileInfo, JobEvent, JobSpec, RangeEvent, make_job_event
+from .spawn import FD_CHECK_S, close_on_exec_all
+
+try:  # the per-payload path, compiled (hpc_edge/_fastrun.c); without it the same path runs in Python
+    from . import _fastrun
+except ImportError:  # installed where no C compiler was found
+    _fastrun = None
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +49,12 @@ _SHELL_WORDS = frozenset(
     "break : continue . eval exec exit export readonly return set shift times trap unset "
     "alias bg cd command fc fg getopts hash jobs read type ulimit umask unalias wait source "
     "! { } case do done elif else esac fi for if in then until while time".split())
+
+
+def compiled_path() -> bool:
+    """Whether ranks start and reap payloads in compiled code: when it was built, unless
+    HPC_EDGE_PURE_PYTHON=1 (the same path in Python: slower, for comparison or a suspected fault)."""
+    return _fastrun is not None and os.environ.get("HPC_EDGE_PURE_PYTHON", "") != "1"
 
 
 def payload_argv(command: str) -> list[str]:
@@ -101,6 +113,7 @@ class Executor:
     # the shared filesystem; what is worth keeping is moved there when they end (see bring_back)
     scratch: str | None = None
     watchdog: Watchdog | None = None  # one started earlier (before MPI_Init); else one of its own if guard
+    compiled: bool = field(default_factory=compiled_path)  # run_fast for queued payloads
 
     def __post_init__(self):
         self.queue: deque[JobSpec] = deque()
@@ -117,16 +130,34 @@ class Executor:
         self.spawner = Spawner(STDOUT_NAME, STDERR_NAME)
         self.doubtful: list[tuple[float, Running, int, object]] = []
         self.next_stray_check = 0.0
+        self.waited = False  # the last step waited for payloads (run_fast's budget)
+        self._fast_env: tuple[bytes, ...] | None = None
+        self._fast_names = (STDOUT_NAME.encode(), STDERR_NAME.encode(), REPORT_NAME.encode())
+        self._argvs: dict[str, tuple[bytes, ...]] = {}
+        self._prepared: dict[tuple[int, int], tuple] = {}  # queued jobs as run_fast passes them on
+        self._freed_outside = False
 
     # ---- the loop's steps -------------------------------------------------------------------
     def add(self, specs: list[JobSpec]) -> None:
         self.queue.extend(specs)
 
-    def step(self) -> list[JobEvent | RangeEvent]:
-        """Reap what ended, start what fits; return the job and range events to report."""
-        events = self.reap()
+    def step(self, wait_s: float = 0.0) -> list[JobEvent | RangeEvent]:
+        """Reap what ended, start what fits; return the job and range events to report.
+
+        With payloads queued and the compiled path, this runs them for up to ``wait_s`` (sooner when
+        none is left to start and cores are free, or a signal or another child needs the caller),
+        and ``waited`` says so: the caller need not wait for payloads again."""
+        self.waited = False
+        if self.queue and self.compiled:
+            events = self.run_fast(wait_s if self.waits_in_step else 0.0)
+            if self._freed_outside and self.queue:  # cores freed by a payload it did not start: use them
+                waited = self.waited
+                events.extend(self.run_fast(0.0))
+                self.waited = waited
+        else:
+            events = self.reap()
+            events.extend(self.start_ready())
         events.extend(self.judge_doubtful())
-        events.extend(self.start_ready())
         events.extend(self.es.step())
         self.enforce_limits()
         self.escalate_kills()
@@ -179,6 +210,12 @@ class Executor:
             if broken is not None:
                 logger.warning("rank %d: job %d: %s", self.rank, run.spec.job_id, broken[1])
                 self.kill({run.spec.job_id}, *broken)
+
+    @property
+    def waits_in_step(self) -> bool:
+        """Whether step(wait_s) waits for payloads itself: compiled, with payloads queued, and no
+        event-service payload (whose pipes only ``wait`` watches)."""
+        return bool(self.queue) and self.compiled and not self.es.procs
 
     @property
     def idle(self) -> bool:
@@ -272,24 +309,131 @@ class Executor:
                 # next payload is given: it ends with the payload
                 _killpg(pid, signal.SIGKILL)
             pid, status, usage = os.wait4(pid, 0)
-            if pid in self.es.procs:
-                events.extend(self.es.ended(pid, os.waitstatus_to_exitcode(status)))
-                continue
-            run = self.running.pop(pid, None)
-            if run is None:
-                continue
-            if self.watchdog:
-                self.watchdog.ended(pid)
-            code = os.waitstatus_to_exitcode(status)
-            self.free_cores += run.spec.cores
-            self.free_memory_mb += run.spec.memory_mb
-            if run.stop_reason is None and -code in _TERMINATING_SIGNALS:
-                # the batch system may signal every process of the job (scancel, walltime) a moment
-                # before this rank hears of it: wait for that before blaming the payload
-                self.doubtful.append((time.monotonic() + DOUBT_S, run, code, usage))
-                continue
-            events.append(self._ended(run, code, usage))
+            events.extend(self._reaped(pid, status, usage))
         return events
+
+    def _reaped(self, pid: int, status: int, usage) -> list[JobEvent | RangeEvent]:
+        """A child this rank has waited for: one of its payloads (or an event-service payload's), or a
+        stray that was reparented here."""
+        if pid in self.es.procs:
+            return self.es.ended(pid, os.waitstatus_to_exitcode(status))
+        run = self.running.pop(pid, None)
+        if run is None:
+            return []
+        if self.watchdog:
+            self.watchdog.ended(pid)
+        self.free_cores += run.spec.cores
+        self.free_memory_mb += run.spec.memory_mb
+        return self._judge_end(run, status, usage)
+
+    def _judge_end(self, run: Running, status: int, usage) -> list[JobEvent]:
+        code = os.waitstatus_to_exitcode(status)
+        if run.stop_reason is None and -code in _TERMINATING_SIGNALS:
+            # the batch system may signal every process of the job (scancel, walltime) a moment
+            # before this rank hears of it: wait for that before blaming the payload
+            self.doubtful.append((time.monotonic() + DOUBT_S, run, code, usage))
+            return []
+        return [self._ended(run, code, usage)]
+
+    # ---- the compiled path ----------------------------------------------------------------------
+    def run_fast(self, budget_s: float) -> list[JobEvent | RangeEvent]:
+        """Start queued payloads and reap ended ones in compiled code (hpc_edge/_fastrun.c) for up to
+        ``budget_s``: what ``reap`` and ``start_ready`` do, with no Python per payload unless it needs
+        judging. A payload that started and exited 0 within the call, leaving no job report and no
+        outputs to check, is reported finished at once (and, on scratch, its directory is gone if its
+        logs were empty); any other end is judged here as ``reap`` would; one still running is
+        tracked as ``start`` would have; a child that is not the call's own is handed to ``_reaped``."""
+        now = time.monotonic()
+        if now - self.spawner.fds_checked > FD_CHECK_S:
+            close_on_exec_all()
+            self.spawner.fds_checked = now
+        specs = list(self.queue) if len(self.queue) <= FAST_BATCH else [
+            self.queue[i] for i in range(FAST_BATCH)]
+        prepared = self._prepared
+        if len(prepared) > 2 * FAST_BATCH + len(specs):  # jobs killed while queued
+            keep = {(spec.job_id, spec.dispatch) for spec in specs}
+            self._prepared = prepared = {k: v for k, v in prepared.items() if k in keep}
+        jobs = [prepared.get((spec.job_id, spec.dispatch)) or self._fast_job(spec) for spec in specs]
+        watchdog = None
+        if self.watchdog:
+            self.watchdog.reserve(self.free_cores)
+            watchdog = self.watchdog.table()
+        if self._fast_env is None:
+            self._fast_env = tuple(os.fsencode(f"{k}={v}") for k, v in self.base_env.items())
+        results = _fastrun.run(jobs, self.free_cores, self.free_memory_mb, budget_s, self._wake_r, self._fast_env,
+                               self._fast_names, (self.running, self.es.procs), watchdog, bool(self.scratch))
+        self.waited = budget_s > 0
+        events: list[JobEvent | RangeEvent] = []
+        self._freed_outside = False
+        taken: list[int] = []
+        failed: list[int] = []
+        rank, host, scratch = self.rank, self.host, self.scratch
+        for r in results:
+            kind = r[0]
+            if kind == 1:  # started and ended in the call
+                _, i, pid, start_t, start_mono, status, utime, stime, maxrss, end_t, end_mono, flags = r
+                spec = specs[i]
+                taken.append(i)
+                if flags & _SIMPLE and (not scratch or flags & _CLEANED):
+                    events.append(make_job_event(
+                        job_id=spec.job_id, dispatch=spec.dispatch, state="finished", t=end_t, rank=rank, host=host,
+                        exit_code=0, files=[], pid=pid, start_time=start_t, end_time=end_t,
+                        wall_s=round(end_mono - start_mono, 6), cpu_s=round(utime + stime, 6), max_rss_kb=maxrss))
+                else:
+                    run = Running(spec, pid, start_t, start_mono, os.fsdecode(jobs[i][2]))
+                    events.extend(self._judge_end(run, status, _Usage(utime, stime, maxrss)))
+            elif kind == 0:  # started, still running: tracked as start() would
+                _, i, pid, start_t, start_mono = r
+                spec = specs[i]
+                taken.append(i)
+                self.running[pid] = Running(spec, pid, start_t, start_mono, os.fsdecode(jobs[i][2]))
+                self.free_cores -= spec.cores
+                self.free_memory_mb -= spec.memory_mb
+                events.append(self._event(spec, "running", start_t, pid=pid, start_time=start_t))
+            elif kind == 2:  # a child not the call's own
+                _, _, pid, _, _, status, utime, stime, maxrss = r
+                self._freed_outside = self._freed_outside or pid in self.running
+                events.extend(self._reaped(pid, status, _Usage(utime, stime, maxrss)))
+            else:  # could not start: start() tries again and says why
+                failed.append(r[1])
+        if taken or failed:
+            gone = set(taken) | set(failed)
+            for i in gone:
+                prepared.pop((specs[i].job_id, specs[i].dispatch), None)
+            if len(gone) == max(gone) + 1:
+                for _ in gone:
+                    self.queue.popleft()
+            else:
+                kept = [s for i, s in enumerate(specs) if i not in gone]
+                for _ in specs:
+                    self.queue.popleft()
+                self.queue.extendleft(reversed(kept))
+            for i in failed:
+                events.append(self.start(specs[i]))
+        return events
+
+    def _fast_job(self, spec: JobSpec) -> tuple:
+        """A queued job as run_fast's compiled code takes it."""
+        argv = self._argvs.get(spec.command)
+        if argv is None:
+            argv = tuple(os.fsencode(a) for a in payload_argv(spec.command))
+            if len(self._argvs) < 4096:
+                self._argvs[spec.command] = argv
+        path = spec.env["PATH"] if "PATH" in spec.env else self.base_env.get("PATH", os.defpath)
+        program = self.spawner.program(argv[0].decode(), path)
+        if self.scratch:
+            workdir, parent = f"{self.scratch}/{spec.job_id}.{spec.dispatch}", None
+        else:
+            workdir = spec.workdir
+            parent = os.fsencode(os.path.dirname(workdir)) if spec.dispatch == 1 else None
+        extras = (*(os.fsencode(f"{k}={v}") for k, v in spec.env.items()),
+                  b"HPC_EDGE_JOB_ID=%d" % spec.job_id, b"HPC_EDGE_TASK_ID=%d" % spec.task_id,
+                  b"HPC_EDGE_ATTEMPT=%d" % spec.attempt, b"HPC_EDGE_CORES=%d" % spec.cores,
+                  b"HPC_EDGE_RANK=%d" % self.rank, b"OMP_NUM_THREADS=%d" % spec.cores)
+        job = (os.fsencode(program), argv, os.fsencode(workdir), parent, extras, spec.cores, spec.memory_mb,
+               not spec.outputs)
+        self._prepared[(spec.job_id, spec.dispatch)] = job
+        return job
 
     def judge_doubtful(self) -> list[JobEvent]:
         """Payloads killed by a terminating signal: preempted if the rank is being terminated too."""
@@ -483,6 +627,17 @@ def check_outputs(workdir: str | Path, outputs: list[str]) -> tuple[list[FileInf
 
 
 _PREEMPTIONS = (ErrorCode.WORKER_STOPPED, ErrorCode.WALLTIME_PREEMPTED)
+FAST_BATCH = 64  # queued jobs run_fast looks at (first fit among them)
+_SIMPLE, _CLEANED = 1, 2  # hpc_edge/_fastrun.c's flags of an ended payload
+
+
+@dataclass
+class _Usage:
+    """The part of wait4's rusage the executor reads."""
+
+    ru_utime: float
+    ru_stime: float
+    ru_maxrss: int
 
 
 def _stop_state(reason: ErrorCode) -> str:

@@ -126,7 +126,9 @@ def rank_loop(comm, executor: Executor) -> None:
         if terminating and not stopping:
             stopping = True
             events += executor.kill_all(ErrorCode.WORKER_STOPPED, "worker terminated (SIGTERM)")
-        events += executor.step()
+        # with payloads queued the step itself waits for them (the compiled path), up to the time the
+        # loop would sleep below
+        events += executor.step(IDLE_WAIT_S)
         freed = any(type(e) is JobEvent and e.state != "running" for e in events)
         if events:
             if not outbox:
@@ -148,7 +150,7 @@ def rank_loop(comm, executor: Executor) -> None:
         # or the relay writes (a kill, a stop: heard within IDLE_WAIT_S * 4): no second pass over an
         # unchanged state, and long payloads cost a rank 50 wake-ups a second, not 200
         saturated = executor.free_cores <= 0
-        if not events or saturated:
+        if (not events or saturated) and not executor.waited:
             executor.wait(IDLE_WAIT_S * 4 if saturated or executor.idle else IDLE_WAIT_S)
 
 

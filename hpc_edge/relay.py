@@ -114,12 +114,15 @@ class Relay:
         self.start()
         try:
             while not self.finished():
-                heard = self.poll_tower()
+                # with rank 0's payloads queued and no pass due, step_local waits for them (until the
+                # next pass), not the poll
+                wait_local = self.local.waits_in_step and not self.pass_due()
+                heard = self.poll_tower(wait=not wait_local)
                 self.handle_signals()
                 if heard or self.pass_due():
                     self.relay_pass()
                 else:
-                    self.step_local()
+                    self.step_local(wait=wait_local)
         finally:
             self.local.hard_kill_all()
             OUT.drain(2.0)  # ranks have stopped: what they were sent is theirs, or moot
@@ -169,12 +172,12 @@ class Relay:
                           ends_at=self.cfg.ends_at, holding=sorted(holding), holding_ranges=sorted(ranges),
                           last_seq=self.seq, last_req=self.req))
 
-    def poll_tower(self) -> bool:
+    def poll_tower(self, wait: bool = True) -> bool:
         """Wait for the tower, rank 0's payloads or the timeout; handle what the tower sent. True if
         anything came from the tower."""
         busy = self.pending or self.buffer or self.held or self.held_ranges or self.range_buffer
         self.watch_payloads()
-        events = dict(self.poller.poll(2 if busy else 10))
+        events = dict(self.poller.poll(0 if not wait else 2 if busy else 10))
         if self.local.wakeup_fd() in events:
             self.local.drain_wakeups()
         heard = False
@@ -376,8 +379,8 @@ class Relay:
                 self.stopped_ranks.add(source)
             self.record(events)
 
-    def step_local(self) -> None:
-        self.record(self.local.step())
+    def step_local(self, wait: bool = False) -> None:
+        self.record(self.local.step(max(0.0, self.next_pass - time.monotonic()) if wait else 0.0))
         if self.stop_reason and not self.local.busy and 0 not in self.stopped_ranks:
             self.stopped_ranks.add(0)
 

@@ -32,13 +32,13 @@ class Spawner:
         self.stdout_name, self.stderr_name = stdout_name, stderr_name
         self._home = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._programs: dict[tuple[str, str], str] = {}
-        self._fds_checked = 0.0
+        self.fds_checked = 0.0
 
     def spawn(self, argv: list[str], cwd: str, env: dict[str, str]) -> int:
         """Start argv in cwd with env, in a new session; return its pid. OSError if it cannot start."""
-        if time.monotonic() - self._fds_checked > FD_CHECK_S:
+        if time.monotonic() - self.fds_checked > FD_CHECK_S:
             close_on_exec_all()
-            self._fds_checked = time.monotonic()
+            self.fds_checked = time.monotonic()
         key = (argv[0], env.get("PATH", os.defpath))
         program = self._programs.get(key) or self._resolve(*key)
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -56,6 +56,14 @@ class Spawner:
                                   setsigdef=_SIGDEF, setsigmask=())
         finally:
             os.fchdir(self._home)
+
+    def program(self, name: str, path: str) -> str:
+        """The program argv[0] names, looked up on ``path`` as spawn does ("" if not found: starting
+        it fails with ENOENT, as spawn would)."""
+        try:
+            return self._programs.get((name, path)) or self._resolve(name, path)
+        except FileNotFoundError:
+            return ""
 
     def _resolve(self, name: str, path: str) -> str:
         if "/" in name:  # as exec would: relative to the working directory, no PATH search

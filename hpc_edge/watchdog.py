@@ -73,6 +73,16 @@ class Watchdog:
             self._map[slot * _SLOT:(slot + 1) * _SLOT] = bytes(_SLOT)
             self._free.append(slot)
 
+    def reserve(self, slots: int) -> None:
+        """Make sure this many slots are free (the compiled path takes them itself: table())."""
+        if len(self._free) < slots:
+            self._grow(max(self._slots * 2, self._slots + slots))
+
+    def table(self) -> tuple:
+        """(the table, its free slots, pgid -> slot) for hpc_edge/_fastrun.c, which keeps them as
+        started() and ended() do."""
+        return self._map, self._free, self._where
+
     @property
     def guarded(self) -> set[int]:
         return set(self._where)
