@@ -170,22 +170,42 @@ static int start_job(ctx_t *c, job_t *j) {
 }
 
 /* after a fast payload's wait4: SIMPLE / CLEANED flags */
-static int finish_job(ctx_t *c, job_t *j, int status) {
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !j->no_outputs) return 0;
+static int finish(ctx_t *c, const char *cwd, int no_outputs, int status) {
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !no_outputs) return 0;
     char path[PATH_MAX];
     struct stat st;
-    if (snprintf(path, sizeof path, "%s/%s", j->cwd, c->names[2]) >= (int)sizeof path) return 0;
+    if (snprintf(path, sizeof path, "%s/%s", cwd, c->names[2]) >= (int)sizeof path) return 0;
     if (lstat(path, &st) == 0 || errno != ENOENT) return 0;
     if (!c->scratch) return SIMPLE;
     for (int k = 0; k < 2; k++) {
-        if (snprintf(path, sizeof path, "%s/%s", j->cwd, c->names[k]) >= (int)sizeof path) return SIMPLE;
+        if (snprintf(path, sizeof path, "%s/%s", cwd, c->names[k]) >= (int)sizeof path) return SIMPLE;
         if (stat(path, &st) != 0 || st.st_size != 0) return SIMPLE;
     }
     for (int k = 0; k < 2; k++) {
-        snprintf(path, sizeof path, "%s/%s", j->cwd, c->names[k]);
+        snprintf(path, sizeof path, "%s/%s", cwd, c->names[k]);
         if (unlink(path) != 0) return SIMPLE;
     }
-    return rmdir(j->cwd) == 0 ? SIMPLE | CLEANED : SIMPLE;
+    return rmdir(cwd) == 0 ? SIMPLE | CLEANED : SIMPLE;
+}
+
+/* the same for one of the executor's running payloads (started by an earlier call): judged here
+   only if nothing asked it to stop */
+static int finish_run(ctx_t *c, PyObject *run, int status) {
+    int flags = 0;
+    PyObject *reason = PyObject_GetAttrString(run, "stop_reason");
+    PyObject *workdir = PyObject_GetAttrString(run, "workdir");
+    PyObject *spec = PyObject_GetAttrString(run, "spec");
+    PyObject *outputs = spec ? PyObject_GetAttrString(spec, "outputs") : NULL;
+    PyObject *cwd = workdir && PyUnicode_Check(workdir) ? PyUnicode_EncodeFSDefault(workdir) : NULL;
+    if (reason == Py_None && cwd && outputs && PyList_Check(outputs))
+        flags = finish(c, PyBytes_AS_STRING(cwd), PyList_GET_SIZE(outputs) == 0, status);
+    PyErr_Clear();  /* anything unexpected: judged in Python */
+    Py_XDECREF(reason);
+    Py_XDECREF(workdir);
+    Py_XDECREF(spec);
+    Py_XDECREF(outputs);
+    Py_XDECREF(cwd);
+    return flags;
 }
 
 static int parse_job(PyObject *t, job_t *j) {
@@ -215,12 +235,40 @@ static int parse_job(PyObject *t, job_t *j) {
     return 0;
 }
 
-static int known_child(ctx_t *c, pid_t pid) {
+/* a child this call did not start: 1 if one of the executor's running payloads (its cores and
+   memory in *cores, *memory; its watchdog entry released), 2 if an event-service payload, 0 if
+   neither (a stray reparented to the rank), -1 on error */
+static int known_child(ctx_t *c, pid_t pid, long *cores, long *memory) {
     PyObject *k = PyLong_FromLong(pid);
     if (!k) return -1;
     int found = 0;
-    for (int i = 0; i < 2 && !found; i++)
-        if (c->known[i] != Py_None) found = PyDict_Contains(c->known[i], k);
+    PyObject *run = c->known[0] != Py_None ? PyDict_GetItemWithError(c->known[0], k) : NULL;
+    if (run) {
+        found = 1;
+        PyObject *spec = PyObject_GetAttrString(run, "spec");
+        PyObject *n = spec ? PyObject_GetAttrString(spec, "cores") : NULL;
+        PyObject *m = spec ? PyObject_GetAttrString(spec, "memory_mb") : NULL;
+        *cores = n ? PyLong_AsLong(n) : -1;
+        *memory = m ? PyLong_AsLong(m) : -1;
+        Py_XDECREF(spec);
+        Py_XDECREF(n);
+        Py_XDECREF(m);
+        if (PyErr_Occurred()) found = -1;
+        if (found == 1 && c->wd_map.buf) {  /* as Watchdog.ended would (it finds nothing to do then) */
+            PyObject *slot = PyDict_GetItemWithError(c->wd_where, k);
+            if (slot) {
+                long s = PyLong_AsLong(slot);
+                if (PyDict_DelItem(c->wd_where, k) < 0 || wd_give_back(c, (int)s) < 0) found = -1;
+            } else if (PyErr_Occurred()) {
+                found = -1;
+            }
+        }
+    } else if (PyErr_Occurred()) {
+        found = -1;
+    } else if (c->known[1] != Py_None) {
+        found = PyDict_Contains(c->known[1], k);
+        if (found == 1) found = 2;
+    }
     Py_DECREF(k);
     return found;
 }
@@ -332,13 +380,15 @@ static PyObject *fast_run(PyObject *self, PyObject *args) {
                     j = &js[i];
                     break;
                 }
-            int ours = j != NULL;
+            int ours = j != NULL, known = 0;
+            long cores = 0, memory = 0;
             if (!ours) {
-                ours = known_child(&c, pid);
-                if (ours < 0) {
+                known = known_child(&c, pid, &cores, &memory);
+                if (known < 0) {
                     ok = 0;
                     break;
                 }
+                ours = known != 0;
             }
             /* what it left running in its process group ends with it (its pid still names the group) */
             if (ours) kill(-pid, SIGKILL);
@@ -354,14 +404,27 @@ static PyObject *fast_run(PyObject *self, PyObject *args) {
                 free_memory += j->memory_mb;
                 ended_any = 1;
                 if (wd_ended(&c, j) < 0) ok = 0;
-                int flags = finish_job(&c, j, status);
+                int flags = finish(&c, j->cwd, j->no_outputs, status);
                 if (ok) ok = append(out, Py_BuildValue("(innddiddlddi)", 1, (Py_ssize_t)(j - js), (Py_ssize_t)pid,
                                                        j->start_t, j->start_mono, status, ut, st, ru.ru_maxrss,
                                                        end_t, end_mono, flags)) == 0;
             } else {
-                leave = 1;  /* the executor's own, an event-service payload's or a stray: its turn now */
-                ok = append(out, Py_BuildValue("(innddiddl)", 2, (Py_ssize_t)-1, (Py_ssize_t)pid, 0.0, 0.0, status,
-                                               ut, st, ru.ru_maxrss)) == 0;
+                int flags = 0;
+                if (known == 1) {  /* one of the executor's running payloads: its cores are free again */
+                    free_cores += cores;
+                    free_memory += memory;
+                    ended_any = 1;
+                    PyObject *k = PyLong_FromLong(pid);
+                    PyObject *run = k ? PyDict_GetItemWithError(c.known[0], k) : NULL;
+                    Py_XDECREF(k);
+                    if (run) flags = finish_run(&c, run, status);
+                    PyErr_Clear();
+                } else if (known == 2) {
+                    leave = 1;  /* an event-service payload: the event service's turn now */
+                }
+                ok = append(out, Py_BuildValue("(innddiddli)", 2, (Py_ssize_t)-1, (Py_ssize_t)pid,
+                                               clock_of(CLOCK_REALTIME), clock_of(CLOCK_MONOTONIC), status, ut, st,
+                                               ru.ru_maxrss, flags)) == 0;
             }
             if (!ok) break;
         }

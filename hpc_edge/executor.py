@@ -150,7 +150,7 @@ class Executor:
         self.waited = False
         if self.queue and self.compiled:
             events = self.run_fast(wait_s if self.waits_in_step else 0.0)
-            if self._freed_outside and self.queue:  # cores freed by a payload it did not start: use them
+            if self._freed_outside and self.queue:  # cores an event-service payload freed: use them
                 waited = self.waited
                 events.extend(self.run_fast(0.0))
                 self.waited = waited
@@ -390,9 +390,21 @@ class Executor:
                 self.free_cores -= spec.cores
                 self.free_memory_mb -= spec.memory_mb
                 events.append(self._event(spec, "running", start_t, pid=pid, start_time=start_t))
-            elif kind == 2:  # a child not the call's own
-                _, _, pid, _, _, status, utime, stime, maxrss = r
-                self._freed_outside = self._freed_outside or pid in self.running
+            elif kind == 2:  # a child not the call's own: one of the executor's running payloads, or not
+                _, _, pid, end_t, end_mono, status, utime, stime, maxrss, flags = r
+                if flags & _SIMPLE and (not scratch or flags & _CLEANED):  # checked as for kind 1
+                    run = self.running.pop(pid)
+                    if self.watchdog:
+                        self.watchdog.ended(pid)
+                    self.free_cores += run.spec.cores
+                    self.free_memory_mb += run.spec.memory_mb
+                    events.append(make_job_event(
+                        job_id=run.spec.job_id, dispatch=run.spec.dispatch, state="finished", t=end_t, rank=rank,
+                        host=host, exit_code=0, files=[], pid=pid, start_time=run.start_time, end_time=end_t,
+                        wall_s=round(end_mono - run.start_mono, 6), cpu_s=round(utime + stime, 6),
+                        max_rss_kb=maxrss))
+                    continue
+                self._freed_outside = self._freed_outside or pid in self.es.procs
                 events.extend(self._reaped(pid, status, _Usage(utime, stime, maxrss)))
             else:  # could not start: start() tries again and says why
                 failed.append(r[1])
