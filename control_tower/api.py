@@ -136,9 +136,11 @@ def build_app(service) -> web.Application:
         try:
             limit = int(request.query["limit"]) if "limit" in request.query else None
         except ValueError:
-            return _error(400, "limit must be an integer")
-        rows = store.workers(live_only=request.query.get("live") == "1")
-        return web.json_response(rows[-limit:] if limit else rows)  # the latest submitted, with a limit
+            limit = 0
+        if limit is not None and limit < 1:
+            return _error(400, f"limit must be a positive integer, not {request.query['limit']!r}")
+        # the latest submitted, with a limit
+        return web.json_response(store.workers(live_only=request.query.get("live") == "1", limit=limit))
 
     async def submit(request):
         if not authorized(request):

@@ -7,6 +7,7 @@ dispatch; ``attempts`` keeps every dispatch; ``events`` is the log of state chan
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import sqlite3
@@ -418,15 +419,24 @@ class Store:
             counts[row["state"]] = counts.get(row["state"], 0) + 1
         return counts
 
-    def workers(self, live_only: bool = False) -> list[dict]:
-        """Every worker (or the live ones), by submission time, as fresh dicts.
+    def workers(self, live_only: bool = False, limit: int | None = None) -> list[dict]:
+        """Every worker (or the live ones), by submission time, as fresh dicts; with a limit, the
+        latest ``limit`` submitted only (found without sorting or copying the others: the web page asks
+        for 50 live workers every 2 s, whatever their number).
 
         Read from a copy of the table kept in memory: the provisioner asks for the live workers twice a
         cycle, and with thousands of relays a SELECT of them all stalls the tower for tens of
         milliseconds. Every write to the table goes through this class, which keeps the copy exact: rows
         it wrote are read again (by key) before the next use, or patched with what SQLite stores."""
         rows = self._worker_rows()
-        out = [dict(row) for row in rows.values() if not live_only or row["state"] not in _ENDED]
+        chosen = [row for row in rows.values() if not live_only or row["state"] not in _ENDED]
+        if limit is not None and limit < len(chosen):
+            # the last ``limit`` of the sorted list below: nlargest keeps the first of equal keys in
+            # what it is given, so it is given the rows backwards, and its answer (latest first) is
+            # turned round
+            chosen = heapq.nlargest(limit, reversed(chosen), key=_submitted_key)
+            chosen.reverse()
+        out = [dict(row) for row in chosen]
         # NULLs first, as in SQL; a float key, not a tuple: 10,000 tuples alive through the sort are
         # enough to set off a full garbage collection, tens of milliseconds with thousands of relays
         out.sort(key=_submitted_key)

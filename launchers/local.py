@@ -159,8 +159,16 @@ class LocalLauncher(Launcher):
         """Wait for every worker this launcher started or adopted to exit (cancelling those that outstay;
         ``kill_grace_s``, if given, replaces the launcher's grace between SIGTERM and SIGKILL)."""
         live = [b for b, proc in self._procs.items() if proc.poll() is None] + [b for b in self._adopted if _alive(b)]
-        if kill_grace_s is not None:
-            self.kill_grace_s = kill_grace_s
+        if kill_grace_s is None or not live:
+            self._reap(live, timeout)
+            return
+        kept, self.kill_grace_s = self.kill_grace_s, kill_grace_s  # for this reaping only
+        try:
+            self._reap(live, timeout)
+        finally:
+            self.kill_grace_s = kept
+
+    def _reap(self, live: list[str], timeout: float) -> None:
         if live and not self.wait(live, timeout):
             # the ranks are in process groups of their own, below mpiexec: noted now, waited for after
             tree = [p for b in live for p in _descendants(_pid_of(b))]

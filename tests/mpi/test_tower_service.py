@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.error
 import urllib.request
 
 import pytest
@@ -75,6 +76,16 @@ tasks:
         assert kinds["updates"] >= 1 and kinds["requests"] >= 1
         assert families["hpc_edge_workers"].samples and families["hpc_edge_store_writable"].samples[0].value == 1
         assert families["process_resident_memory_bytes"].samples[0].value > 0
+        # the workers, the latest first submitted last; a limit that is no positive integer is refused
+        with urllib.request.urlopen(f"{api}/api/workers", timeout=30) as got:
+            workers = json.loads(got.read())
+        with urllib.request.urlopen(f"{api}/api/workers?limit=1", timeout=30) as got:
+            assert [w["worker_id"] for w in json.loads(got.read())] == [workers[-1]["worker_id"]]
+        for bad_limit in ("0", "-1", "x"):
+            with pytest.raises(urllib.error.HTTPError) as refused_limit:
+                urllib.request.urlopen(f"{api}/api/workers?limit={bad_limit}", timeout=30)
+            assert refused_limit.value.code == 400
+            assert "positive integer" in json.loads(refused_limit.value.read())["error"]
         # a bad workload is refused with its line, and the tower keeps serving
         bad = write_workload(tmp_path, "name: x\ntasks:\n  - name: y\n    comand: true\n    count: 1\n", "bad.yaml")
         refused = run_cli("submit", bad, env=env)

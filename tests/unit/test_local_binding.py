@@ -43,3 +43,22 @@ def test_bind_cores_must_be_a_boolean():
     assert get_launcher("local", bind_cores=False).bind_cores is False
     with pytest.raises(LauncherError, match=r"bind_cores must be true or false, not 'no'"):
         get_launcher("local", bind_cores="no")
+
+
+def test_a_shorter_grace_for_one_reaping_does_not_stay_the_launchers(tmp_path):
+    """``hpc-edge run`` ending early reaps its workers with a 2 s grace: that is for that reaping only."""
+    import subprocess
+
+    from launchers.local import LocalLauncher
+
+    launcher = LocalLauncher(kill_grace_s=60.0)
+    # a "worker" that ignores SIGTERM, in a group of its own as mpiexec is: only SIGKILL ends it
+    proc = subprocess.Popen(["/bin/sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"], start_new_session=True)
+    launcher._procs[f"{proc.pid}:w1"] = proc
+    try:
+        launcher.reap_all(timeout=0, kill_grace_s=0.2)
+        assert proc.poll() == -9  # killed after the short grace, not the launcher's 60 s
+    finally:
+        proc.kill()
+        proc.wait()
+    assert launcher.kill_grace_s == 60.0

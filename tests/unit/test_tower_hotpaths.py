@@ -215,6 +215,18 @@ def test_the_workers_copy_follows_every_write(store):
     check_workers(store)
 
 
+def test_the_latest_workers_with_a_limit_are_the_tail_of_the_whole_list(store):
+    # equal submission times (and NULLs, which sort first) at every boundary; ended ones in between
+    for i, submitted in enumerate([5.0, None, 3.0, 5.0, 5.0, None, 1.0, 5.0, 3.0]):
+        store.add_worker(f"w{i}", "external", None, 1, 1, 2, None)
+        store.update_worker(f"w{i}", submitted=submitted, state="lost" if i % 4 == 3 else "running")
+    for live_only in (False, True):
+        whole = store.workers(live_only=live_only)
+        assert [w["worker_id"] for w in whole] == [w["worker_id"] for w in sql_workers(store, live_only)]
+        for limit in range(1, len(whole) + 2):
+            assert store.workers(live_only=live_only, limit=limit) == whole[-limit:], (live_only, limit)
+
+
 def test_the_workers_copy_is_read_from_an_existing_store(tmp_path):
     path = tmp_path / "tower.db"
     first = Store(path).open()
