@@ -32,6 +32,7 @@ Inflight = tuple[int, str, int, int, str]
 
 
 _EVENT_FIELDS = tuple(n for n in p.JobEvent.model_fields if n not in ("job_id", "dispatch", "state", "t"))
+_SCALARS = frozenset((int, float, str, bool))
 
 
 def event_fields(e: p.JobEvent) -> dict:
@@ -42,6 +43,9 @@ def event_fields(e: p.JobEvent) -> dict:
     for name in _EVENT_FIELDS:
         v = values[name]
         if v is None:
+            continue
+        if type(v) in _SCALARS:
+            out[name] = v
             continue
         if type(v) is list:
             v = [x.model_dump(exclude_none=True) if isinstance(x, BaseModel) else x for x in v]

@@ -63,6 +63,7 @@ _ENDED = frozenset(("done", "failed", "cancelled", "lost"))  # worker states tha
 
 JOB_FIELDS = ("worker_id", "rank", "host", "pid", "exit_code", "signal", "error_code", "error_diag",
               "cpu_s", "wall_s", "max_rss_kb", "start_time", "end_time")
+_JOB_FIELD_SET = frozenset(JOB_FIELDS)
 
 
 _INSERT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -78,10 +79,12 @@ def _attempt_row(job_id: int, dispatch: int, attempt: int, state: str, f: dict) 
 
 def _job_columns(fields: dict) -> dict:
     """The ``jobs`` columns an event's fields set (its files and report as JSON)."""
-    cols = {k: v for k, v in fields.items() if k in JOB_FIELDS}
+    cols = {k: v for k, v in fields.items() if k in _JOB_FIELD_SET}
     for key in ("files", "report"):
         if key in fields:
-            cols[key] = json.dumps(fields[key])
+            value = fields[key]
+            # most jobs declare no output: their "[]" without a trip through the JSON encoder
+            cols[key] = "[]" if type(value) is list and not value else json.dumps(value)
     return cols
 
 
