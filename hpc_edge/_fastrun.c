@@ -25,6 +25,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 29)) && !defined(HPC_EDGE_NO_ADDCHDIR)
+#define HAVE_ADDCHDIR 1  /* the spawn changes into the payload's directory itself */
+#endif
+/* without it (glibc before 2.29, or -DHPC_EDGE_NO_ADDCHDIR as tests/unit/test_executor_compiled.py
+   builds it) the rank changes into the directory around the spawn, as hpc_edge/spawn.py does */
+
 #define SIMPLE 1  /* exited 0 and left no job report */
 #define CLEANED 2 /* its scratch directory is gone (only empty logs were left in it) */
 
@@ -91,6 +97,7 @@ typedef struct {
     PyObject *wd_free, *wd_where;
     PyObject *known[2];    /* the executor's own running payloads and event-service payloads, by pid */
     int scratch;
+    int home;              /* without HAVE_ADDCHDIR: the directory to come back to after a spawn */
 } ctx_t;
 
 static int wd_take(ctx_t *c, job_t *j) {
@@ -157,13 +164,28 @@ static int start_job(ctx_t *c, job_t *j) {
     envp[n] = NULL;
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
+#ifdef HAVE_ADDCHDIR
     posix_spawn_file_actions_addchdir_np(&actions, j->cwd);
+#else  /* as hpc_edge/spawn.py does: the rank changes into the directory around the spawn */
+    if (chdir(j->cwd) != 0) {
+        err = errno;
+        posix_spawn_file_actions_destroy(&actions);
+        PyMem_Free(envp);
+        return err;
+    }
+#endif
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
     posix_spawn_file_actions_addopen(&actions, 1, c->names[0], O_WRONLY | O_CREAT | O_TRUNC, 0666);
     posix_spawn_file_actions_addopen(&actions, 2, c->names[1], O_WRONLY | O_CREAT | O_TRUNC, 0666);
     j->start_t = clock_of(CLOCK_REALTIME);
     j->start_mono = clock_of(CLOCK_MONOTONIC);
     err = posix_spawn(&j->pid, j->program, &actions, &c->attr, j->argv, envp);
+#ifndef HAVE_ADDCHDIR
+    if (fchdir(c->home) != 0) {
+        /* nothing to be done here, and a spawned payload must be kept track of: the rank's other
+           paths use absolute paths only (hpc_edge/spawn.py) */
+    }
+#endif
     posix_spawn_file_actions_destroy(&actions);
     PyMem_Free(envp);
     return err;
@@ -292,6 +314,7 @@ static PyObject *fast_run(PyObject *self, PyObject *args) {
     ctx_t c;
     memset(&c, 0, sizeof c);
     c.scratch = scratch;
+    c.home = -1;
     c.known[0] = c.known[1] = Py_None;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(known) && i < 2; i++) {
         PyObject *d = PyTuple_GET_ITEM(known, i);
@@ -318,6 +341,13 @@ static PyObject *fast_run(PyObject *self, PyObject *args) {
         if (!PyArg_ParseTuple(wd, "OO!O!", &map, &PyList_Type, &c.wd_free, &PyDict_Type, &c.wd_where)) return NULL;
         if (PyObject_GetBuffer(map, &c.wd_map, PyBUF_WRITABLE) < 0) return NULL;
     }
+#ifndef HAVE_ADDCHDIR
+    c.home = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (c.home < 0) {
+        if (c.wd_map.buf) PyBuffer_Release(&c.wd_map);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+#endif
     Py_ssize_t njobs = PyList_GET_SIZE(jobs);
     job_t *js = PyMem_Calloc(njobs ? njobs : 1, sizeof *js);
     PyObject *out = PyList_New(0);
@@ -469,6 +499,7 @@ done:
     PyMem_Free(js);
     PyMem_Free(c.base);
     if (c.wd_map.buf) PyBuffer_Release(&c.wd_map);
+    if (c.home >= 0) close(c.home);
     if (!ok) {
         Py_XDECREF(out);
         if (!PyErr_Occurred()) PyErr_NoMemory();

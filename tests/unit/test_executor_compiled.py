@@ -165,3 +165,34 @@ def test_the_compiled_path_keeps_to_the_cores_and_the_watchdog_guards_what_it_st
     finally:
         ex.hard_kill_all()
         ex.close()
+
+
+def test_the_compiled_path_for_c_libraries_without_a_spawn_chdir(tmp_path, monkeypatch):
+    """glibc before 2.29 (RHEL 8's is 2.28) has no posix_spawn_file_actions_addchdir_np: there the
+    rank changes into the payload's directory around the spawn. Built here with that path forced."""
+    import importlib.machinery
+    import importlib.util
+    import shutil
+    import subprocess
+    import sysconfig
+    from pathlib import Path
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "no C compiler: hpc_edge/_fastrun.c could not have been built either"
+    source = Path(executor_module.__file__).with_name("_fastrun.c")
+    built = tmp_path / ("_fastrun" + importlib.machinery.EXTENSION_SUFFIXES[0])
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-DHPC_EDGE_NO_ADDCHDIR", f"-I{sysconfig.get_paths()['include']}",
+                    "-o", str(built), str(source)], check=True, capture_output=True)
+    spec = importlib.util.spec_from_file_location("hpc_edge._fastrun", built)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(executor_module, "_fastrun", module)
+    home = os.getcwd()
+
+    ended, files = run(tmp_path / "forced", True, False)
+    expected, expected_files = run(tmp_path / "python", False, False)
+
+    assert {i: outcome(e) for i, e in ended.items()} == {i: outcome(e) for i, e in expected.items()}
+    assert files == expected_files
+    assert (tmp_path / "forced" / "jobs" / "9" / "env.txt").read_text().split()[5] == str(tmp_path / "forced" / "jobs" / "9")
+    assert os.getcwd() == home  # the rank is back where it was after every spawn
