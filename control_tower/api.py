@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from hpc_edge.executor import STDERR_NAME, STDOUT_NAME
+from hpc_edge.payload import STDERR_NAME, STDOUT_NAME
 
 from .service import ServiceError
 from .store import StoreWriteError

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import eventservice as es
 from .errors import ErrorCode
+from .payload import payload_argv
 from .protocol import JobSpec, RangeEvent, RangeSpec, make_range_event
 
 logger = logging.getLogger(__name__)
@@ -300,8 +301,6 @@ class EventRunner:
                 waiting += 1
 
     def launch(self, spec: JobSpec) -> bool:
-        from .executor import payload_argv  # the executor imports this module
-
         self._n += 1
         workdir = Path(spec.workdir) / f"rank{self.ex.rank}-{os.getpid()}-{self._n}"
         env = {**self.ex.base_env, **spec.env, "HPC_EDGE_JOB_ID": str(spec.job_id),

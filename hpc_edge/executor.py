@@ -15,88 +15,26 @@ import select
 import shutil
 import signal
 import socket
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .errors import PLUGIN_CODE_RANGE, ErrorCode
-from .monitor import REPORT_NAME, Progress, check, child_pids, file_size, job_of, read_job_report
+from .esrunner import EventRunner
+from .fastpath import FastPath, compiled_path
+from .monitor import REPORT_NAME, check, child_pids, file_size, job_of, read_job_report
+from .payload import (STDERR_NAME, STDOUT_NAME, Running, check_outputs, make_workdir, payload_argv,
+                      payload_base_env, remove_dir)
+from .protocol import JobEvent, JobSpec, RangeEvent, make_job_event
 from .spawn import Spawner
 from .watchdog import Watchdog
-from .esrunner import EventRunner
-from .protocol import FileInfo, JobEvent, JobSpec, RangeEvent, make_job_event
-from .spawn import FD_CHECK_S, close_on_exec_all
-
-try:  # the per-payload path, compiled (hpc_edge/_fastrun.c); without it the same path runs in Python
-    from . import _fastrun
-except ImportError:  # installed where no C compiler was found
-    _fastrun = None
 
 logger = logging.getLogger(__name__)
 
-STDOUT_NAME = "payload.stdout"
-STDERR_NAME = "payload.stderr"
 KILL_GRACE_S = 5.0
 DOUBT_S = 2.0
 STRAY_CHECK_S = 1.0
 _TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-_SHELL_CHARS = set("|&;<>()$`\\\"'*?[]#~=%{}\n")
-# Words only a shell runs (POSIX special and regular built-ins that are no program, reserved words):
-# "exit 3", "cd sub", "ulimit -v 1000", "source setup.sh" need /bin/sh even without a special character
-_SHELL_WORDS = frozenset(
-    "break : continue . eval exec exit export readonly return set shift times trap unset "
-    "alias bg cd command fc fg getopts hash jobs read type ulimit umask unalias wait source "
-    "! { } case do done elif else esac fi for if in then until while time".split())
-
-
-def compiled_path() -> bool:
-    """Whether ranks start and reap payloads in compiled code: when it was built, unless
-    HPC_EDGE_PURE_PYTHON=1 (the same path in Python: slower, for comparison or a suspected fault)."""
-    return _fastrun is not None and os.environ.get("HPC_EDGE_PURE_PYTHON", "") != "1"
-
-
-def payload_argv(command: str) -> list[str]:
-    """A command string as argv: exec'd directly when it needs no shell, else through /bin/sh -c."""
-    if _SHELL_CHARS.isdisjoint(command):
-        argv = command.split()
-        if argv and argv[0] not in _SHELL_WORDS:
-            return argv
-    return ["/bin/sh", "-c", command]
-
-
-# What an MPI launcher gives each rank so that MPI_Init finds the rest of the job: MPICH's hydra
-# (PMI_FD, PMI_RANK, PMI_SIZE, HYDI_CONTROL_FD, MPI_LOCALRANKID ...), Slurm's srun --mpi=pmi2 (PMI_*)
-# and PMIx launchers (PMIX_*). A payload that inherited them would take itself for a rank of the
-# worker's MPI job: MPI_Init in it (a Python payload importing mpi4py, say) writes to the rank's PMI
-# descriptor, which the payload does not have (or, worse, has opened as one of its own files).
-# Without them MPI in a payload starts as a singleton, or under the payload's own mpiexec.
-RANK_ONLY_VARIABLES = ("PMI_", "PMIX_", "HYDI_", "MPI_LOCALNRANKS", "MPI_LOCALRANKID")
-
-
-def payload_base_env(environ) -> dict[str, str]:
-    """The worker's environment for its payloads: without what the MPI launcher set for this rank
-    (RANK_ONLY_VARIABLES), with the worker's Python first on PATH (so payloads find ``python``)."""
-    env = {name: value for name, value in environ.items() if not name.startswith(RANK_ONLY_VARIABLES)}
-    bindir = os.path.dirname(sys.executable)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "/usr/bin:/bin")
-    env["HPC_EDGE_PYTHON"] = sys.executable
-    return env
-
-
-@dataclass
-class Running:
-    spec: JobSpec
-    pid: int
-    start_time: float
-    start_mono: float
-    workdir: str  # where it runs: the job's directory, or one on the rank's scratch
-    stop_reason: ErrorCode | None = None
-    stop_diag: str = ""
-    sigterm_at: float | None = None
-    progress: Progress = field(default_factory=Progress)
-    next_check: float = 0.0
 
 
 @dataclass
@@ -113,7 +51,7 @@ class Executor:
     # the shared filesystem; what is worth keeping is moved there when they end (see bring_back)
     scratch: str | None = None
     watchdog: Watchdog | None = None  # one started earlier (before MPI_Init); else one of its own if guard
-    compiled: bool = field(default_factory=compiled_path)  # run_fast for queued payloads
+    compiled: bool = field(default_factory=compiled_path)  # queued payloads run by hpc_edge/fastpath.py
 
     def __post_init__(self):
         self.queue: deque[JobSpec] = deque()
@@ -130,12 +68,8 @@ class Executor:
         self.spawner = Spawner(STDOUT_NAME, STDERR_NAME)
         self.doubtful: list[tuple[float, Running, int, object]] = []
         self.next_stray_check = 0.0
-        self.waited = False  # the last step waited for payloads (run_fast's budget)
-        self._fast_env: tuple[bytes, ...] | None = None
-        self._fast_names = (STDOUT_NAME.encode(), STDERR_NAME.encode(), REPORT_NAME.encode())
-        self._argvs: dict[str, tuple[bytes, ...]] = {}
-        self._prepared: dict[tuple[int, int], tuple] = {}  # queued jobs as run_fast passes them on
-        self._freed_outside = False
+        self.waited = False  # the last step waited for payloads (the compiled path's budget)
+        self.fast = FastPath(self) if self.compiled else None
 
     # ---- the loop's steps -------------------------------------------------------------------
     def add(self, specs: list[JobSpec]) -> None:
@@ -148,12 +82,12 @@ class Executor:
         none is left to start and cores are free, or a signal or another child needs the caller),
         and ``waited`` says so: the caller need not wait for payloads again."""
         self.waited = False
-        if self.queue and self.compiled:
-            events = self.run_fast(wait_s if self.waits_in_step else 0.0)
-            if self._freed_outside and self.queue:  # cores an event-service payload freed: use them
-                waited = self.waited
-                events.extend(self.run_fast(0.0))
-                self.waited = waited
+        if self.queue and self.fast:
+            budget = wait_s if self.waits_in_step else 0.0
+            events, es_ended = self.fast.run(budget)
+            self.waited = budget > 0
+            if es_ended and self.queue:  # cores an event-service payload freed: use them
+                events.extend(self.fast.run(0.0)[0])
         else:
             events = self.reap()
             events.extend(self.start_ready())
@@ -215,7 +149,7 @@ class Executor:
     def waits_in_step(self) -> bool:
         """Whether step(wait_s) waits for payloads itself: compiled, with payloads queued, and no
         event-service payload (whose pipes only ``wait`` watches)."""
-        return bool(self.queue) and self.compiled and not self.es.procs
+        return bool(self.queue) and self.fast is not None and not self.es.procs
 
     @property
     def idle(self) -> bool:
@@ -334,118 +268,6 @@ class Executor:
             self.doubtful.append((time.monotonic() + DOUBT_S, run, code, usage))
             return []
         return [self._ended(run, code, usage)]
-
-    # ---- the compiled path ----------------------------------------------------------------------
-    def run_fast(self, budget_s: float) -> list[JobEvent | RangeEvent]:
-        """Start queued payloads and reap ended ones in compiled code (hpc_edge/_fastrun.c) for up to
-        ``budget_s``: what ``reap`` and ``start_ready`` do, with no Python per payload unless it needs
-        judging. A payload that started and exited 0 within the call, leaving no job report and no
-        outputs to check, is reported finished at once (and, on scratch, its directory is gone if its
-        logs were empty); any other end is judged here as ``reap`` would; one still running is
-        tracked as ``start`` would have; a child that is not the call's own is handed to ``_reaped``."""
-        now = time.monotonic()
-        if now - self.spawner.fds_checked > FD_CHECK_S:
-            close_on_exec_all()
-            self.spawner.fds_checked = now
-        specs = list(self.queue) if len(self.queue) <= FAST_BATCH else [
-            self.queue[i] for i in range(FAST_BATCH)]
-        prepared = self._prepared
-        if len(prepared) > 2 * FAST_BATCH + len(specs):  # jobs killed while queued
-            keep = {(spec.job_id, spec.dispatch) for spec in specs}
-            self._prepared = prepared = {k: v for k, v in prepared.items() if k in keep}
-        jobs = [prepared.get((spec.job_id, spec.dispatch)) or self._fast_job(spec) for spec in specs]
-        watchdog = None
-        if self.watchdog:
-            self.watchdog.reserve(self.free_cores)
-            watchdog = self.watchdog.table()
-        if self._fast_env is None:
-            self._fast_env = tuple(os.fsencode(f"{k}={v}") for k, v in self.base_env.items())
-        results = _fastrun.run(jobs, self.free_cores, self.free_memory_mb, budget_s, self._wake_r, self._fast_env,
-                               self._fast_names, (self.running, self.es.procs), watchdog, bool(self.scratch))
-        self.waited = budget_s > 0
-        events: list[JobEvent | RangeEvent] = []
-        self._freed_outside = False
-        taken: list[int] = []
-        failed: list[int] = []
-        rank, host, scratch = self.rank, self.host, self.scratch
-        for r in results:
-            kind = r[0]
-            if kind == 1:  # started and ended in the call
-                _, i, pid, start_t, start_mono, status, utime, stime, maxrss, end_t, end_mono, flags = r
-                spec = specs[i]
-                taken.append(i)
-                if flags & _SIMPLE and (not scratch or flags & _CLEANED):
-                    events.append(make_job_event(
-                        job_id=spec.job_id, dispatch=spec.dispatch, state="finished", t=end_t, rank=rank, host=host,
-                        exit_code=0, files=[], pid=pid, start_time=start_t, end_time=end_t,
-                        wall_s=round(end_mono - start_mono, 6), cpu_s=round(utime + stime, 6), max_rss_kb=maxrss))
-                else:
-                    run = Running(spec, pid, start_t, start_mono, os.fsdecode(jobs[i][2]))
-                    events.extend(self._judge_end(run, status, _Usage(utime, stime, maxrss)))
-            elif kind == 0:  # started, still running: tracked as start() would
-                _, i, pid, start_t, start_mono = r
-                spec = specs[i]
-                taken.append(i)
-                self.running[pid] = Running(spec, pid, start_t, start_mono, os.fsdecode(jobs[i][2]))
-                self.free_cores -= spec.cores
-                self.free_memory_mb -= spec.memory_mb
-                events.append(self._event(spec, "running", start_t, pid=pid, start_time=start_t))
-            elif kind == 2:  # a child not the call's own: one of the executor's running payloads, or not
-                _, _, pid, end_t, end_mono, status, utime, stime, maxrss, flags = r
-                if flags & _SIMPLE and (not scratch or flags & _CLEANED):  # checked as for kind 1
-                    run = self.running.pop(pid)
-                    if self.watchdog:
-                        self.watchdog.ended(pid)
-                    self.free_cores += run.spec.cores
-                    self.free_memory_mb += run.spec.memory_mb
-                    events.append(make_job_event(
-                        job_id=run.spec.job_id, dispatch=run.spec.dispatch, state="finished", t=end_t, rank=rank,
-                        host=host, exit_code=0, files=[], pid=pid, start_time=run.start_time, end_time=end_t,
-                        wall_s=round(end_mono - run.start_mono, 6), cpu_s=round(utime + stime, 6),
-                        max_rss_kb=maxrss))
-                    continue
-                self._freed_outside = self._freed_outside or pid in self.es.procs
-                events.extend(self._reaped(pid, status, _Usage(utime, stime, maxrss)))
-            else:  # could not start: start() tries again and says why
-                failed.append(r[1])
-        if taken or failed:
-            gone = set(taken) | set(failed)
-            for i in gone:
-                prepared.pop((specs[i].job_id, specs[i].dispatch), None)
-            if len(gone) == max(gone) + 1:
-                for _ in gone:
-                    self.queue.popleft()
-            else:
-                kept = [s for i, s in enumerate(specs) if i not in gone]
-                for _ in specs:
-                    self.queue.popleft()
-                self.queue.extendleft(reversed(kept))
-            for i in failed:
-                events.append(self.start(specs[i]))
-        return events
-
-    def _fast_job(self, spec: JobSpec) -> tuple:
-        """A queued job as run_fast's compiled code takes it."""
-        argv = self._argvs.get(spec.command)
-        if argv is None:
-            argv = tuple(os.fsencode(a) for a in payload_argv(spec.command))
-            if len(self._argvs) < 4096:
-                self._argvs[spec.command] = argv
-        path = spec.env["PATH"] if "PATH" in spec.env else self.base_env.get("PATH", os.defpath)
-        program = self.spawner.program(argv[0].decode(), path)
-        if self.scratch:
-            workdir, parent = f"{self.scratch}/{spec.job_id}.{spec.dispatch}", None
-        else:
-            workdir = spec.workdir
-            parent = os.fsencode(os.path.dirname(workdir)) if spec.dispatch == 1 else None
-        extras = (*(os.fsencode(f"{k}={v}") for k, v in spec.env.items()),
-                  b"HPC_EDGE_JOB_ID=%d" % spec.job_id, b"HPC_EDGE_TASK_ID=%d" % spec.task_id,
-                  b"HPC_EDGE_ATTEMPT=%d" % spec.attempt, b"HPC_EDGE_CORES=%d" % spec.cores,
-                  b"HPC_EDGE_RANK=%d" % self.rank, b"OMP_NUM_THREADS=%d" % spec.cores)
-        job = (os.fsencode(program), argv, os.fsencode(workdir), parent, extras, spec.cores, spec.memory_mb,
-               not spec.outputs)
-        self._prepared[(spec.job_id, spec.dispatch)] = job
-        return job
 
     def judge_doubtful(self) -> list[JobEvent]:
         """Payloads killed by a terminating signal: preempted if the rank is being terminated too."""
@@ -593,63 +415,7 @@ class Executor:
                               host=self.host, **kw)
 
 
-def make_workdir(path: str, first: bool = False) -> None:
-    """A payload's fresh directory; on a job's first dispatch its parent (the job's directory) too.
-
-    One mkdir per level that is new, no probing: on local disks a mkdir costs tens of microseconds."""
-    if first:
-        try:
-            os.mkdir(os.path.dirname(path))
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        os.mkdir(path)
-    except FileNotFoundError:
-        os.makedirs(path, exist_ok=True)
-    except FileExistsError:
-        pass
-
-
-def remove_dir(path: str, names: list[str]) -> None:
-    """Remove a payload's scratch directory holding (we expect) only these files: an unlink each and
-    an rmdir, not a walk over the tree; a walk when the payload left more."""
-    try:
-        for name in names:
-            os.unlink(os.path.join(path, name))
-        os.rmdir(path)
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def check_outputs(workdir: str | Path, outputs: list[str]) -> tuple[list[FileInfo], tuple[ErrorCode, str] | None]:
-    """Sizes of the expected outputs, and the first problem with them (missing or empty)."""
-    files: list[FileInfo] = []
-    for name in outputs:
-        path = Path(workdir) / name
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return files, (ErrorCode.OUTPUT_MISSING, f"expected output {name} is missing")
-        files.append(FileInfo(name=name, size=size))
-        if size == 0:
-            return files, (ErrorCode.OUTPUT_EMPTY, f"expected output {name} is empty")
-    return files, None
-
-
 _PREEMPTIONS = (ErrorCode.WORKER_STOPPED, ErrorCode.WALLTIME_PREEMPTED)
-FAST_BATCH = 64  # queued jobs run_fast looks at (first fit among them)
-_SIMPLE, _CLEANED = 1, 2  # hpc_edge/_fastrun.c's flags of an ended payload
-
-
-@dataclass
-class _Usage:
-    """The part of wait4's rusage the executor reads."""
-
-    ru_utime: float
-    ru_stime: float
-    ru_maxrss: int
 
 
 def _stop_state(reason: ErrorCode) -> str:

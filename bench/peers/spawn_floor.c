@@ -4,8 +4,8 @@
 
    PROCS processes (fork) run N /bin/true payloads between them, one at a time each. Per payload, the
    same process and file work as hpc-edge's executor on a --scratch directory (hpc_edge/spawn.py,
-   hpc_edge/executor.py): a fresh directory DIR/<proc>/<i>; posix_spawn there (the parent changes
-   into it and back) in a new session, stdin from /dev/null, stdout and stderr into files of that
+   hpc_edge/executor.py, hpc_edge/payload.py): a fresh directory DIR/<proc>/<i>; posix_spawn there
+   (the parent changes into it and back) in a new session, stdin from /dev/null, stdout and stderr into files of that
    directory, SIGPIPE and SIGXFSZ at their defaults, an empty signal mask, the environment plus the
    variables hpc-edge gives each payload (HPC_EDGE_JOB_ID and the like); wait4 for its exit code and usage; the job report
    looked for, both logs' sizes read; the empty logs and the directory removed. No store, no

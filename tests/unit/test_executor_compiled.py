@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from hpc_edge import executor as executor_module
+from hpc_edge import fastpath as fastpath_module
 from hpc_edge.errors import ErrorCode
 from hpc_edge.executor import Executor
 from hpc_edge.protocol import JobSpec
@@ -80,7 +80,7 @@ def outcome(e) -> tuple:
 @pytest.fixture(params=[False, True], ids=["in-place", "scratch"])
 def both(request, tmp_path_factory):
     """Each path's (end events, files left, root directory), and whether payloads ran on scratch."""
-    assert executor_module._fastrun is not None, (
+    assert fastpath_module._fastrun is not None, (
         "hpc_edge/_fastrun.c was not built: pip install needs a C compiler (gcc or cc)")
     scratch = request.param
     got = {}
@@ -179,14 +179,14 @@ def test_the_compiled_path_for_c_libraries_without_a_spawn_chdir(tmp_path, monke
 
     cc = shutil.which("cc") or shutil.which("gcc")
     assert cc, "no C compiler: hpc_edge/_fastrun.c could not have been built either"
-    source = Path(executor_module.__file__).with_name("_fastrun.c")
+    source = Path(fastpath_module.__file__).with_name("_fastrun.c")
     built = tmp_path / ("_fastrun" + importlib.machinery.EXTENSION_SUFFIXES[0])
     subprocess.run([cc, "-O2", "-shared", "-fPIC", "-DHPC_EDGE_NO_ADDCHDIR", f"-I{sysconfig.get_paths()['include']}",
                     "-o", str(built), str(source)], check=True, capture_output=True)
     spec = importlib.util.spec_from_file_location("hpc_edge._fastrun", built)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    monkeypatch.setattr(executor_module, "_fastrun", module)
+    monkeypatch.setattr(fastpath_module, "_fastrun", module)
     home = os.getcwd()
 
     ended, files = run(tmp_path / "forced", True, False)

@@ -1,0 +1,173 @@
+"""The executor's compiled per-payload path: queued payloads started and reaped by hpc_edge/_fastrun.c
+for a few milliseconds at a time, with no Python between one payload's end and the next one's start.
+
+It does what ``Executor.reap`` and ``Executor.start_ready`` do, with the same system calls; what needs
+judging (a non-zero exit, a signal, a job report, declared outputs, logs to bring back) is handed to
+the executor's own code. Without the compiled module (no C compiler at install) or with
+HPC_EDGE_PURE_PYTHON=1, the executor runs the Python path only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .monitor import REPORT_NAME
+from .payload import STDERR_NAME, STDOUT_NAME, Running, payload_argv
+from .protocol import JobEvent, JobSpec, RangeEvent, make_job_event
+from .spawn import FD_CHECK_S, close_on_exec_all
+
+if TYPE_CHECKING:
+    from .executor import Executor
+
+try:
+    from . import _fastrun
+except ImportError:  # installed where no C compiler was found
+    _fastrun = None
+
+FAST_BATCH = 64  # queued jobs a call looks at (first fit among them)
+_SIMPLE, _CLEANED = 1, 2  # hpc_edge/_fastrun.c's flags of an ended payload
+
+
+def compiled_path() -> bool:
+    """Whether ranks start and reap payloads in compiled code: when it was built, unless
+    HPC_EDGE_PURE_PYTHON=1 (the same path in Python: slower, for comparison or a suspected fault)."""
+    return _fastrun is not None and os.environ.get("HPC_EDGE_PURE_PYTHON", "") != "1"
+
+
+@dataclass
+class Usage:
+    """The part of wait4's rusage the executor reads."""
+
+    ru_utime: float
+    ru_stime: float
+    ru_maxrss: int
+
+
+class FastPath:
+    """One executor's compiled path, and what it keeps between calls: the rank's payload environment
+    encoded once, each command's argv, each queued job as the compiled code takes it."""
+
+    def __init__(self, ex: Executor):
+        self.ex = ex
+        self._env: tuple[bytes, ...] | None = None
+        self._names = (STDOUT_NAME.encode(), STDERR_NAME.encode(), REPORT_NAME.encode())
+        self._argvs: dict[str, tuple[bytes, ...]] = {}
+        self._prepared: dict[tuple[int, int], tuple] = {}
+
+    def run(self, budget_s: float) -> tuple[list[JobEvent | RangeEvent], bool]:
+        """Start queued payloads and reap ended ones for up to ``budget_s``; the events, and whether an
+        event-service payload ended (its cores are free for the queue).
+
+        A payload that exited 0 with no job report and no outputs to check is reported finished at
+        once (on scratch, its directory is gone if its logs were empty); any other end is judged as
+        ``Executor.reap`` would; one still running is tracked as ``Executor.start`` would have; a
+        child the call did not start (or did not see end) goes to ``Executor._reaped``."""
+        ex = self.ex
+        now = time.monotonic()
+        if now - ex.spawner.fds_checked > FD_CHECK_S:
+            close_on_exec_all()
+            ex.spawner.fds_checked = now
+        queue = ex.queue
+        specs = list(queue) if len(queue) <= FAST_BATCH else [queue[i] for i in range(FAST_BATCH)]
+        prepared = self._prepared
+        if len(prepared) > 2 * FAST_BATCH + len(specs):  # jobs killed while queued
+            keep = {(spec.job_id, spec.dispatch) for spec in specs}
+            self._prepared = prepared = {k: v for k, v in prepared.items() if k in keep}
+        jobs = [prepared.get((spec.job_id, spec.dispatch)) or self.job(spec) for spec in specs]
+        watchdog = None
+        if ex.watchdog:
+            ex.watchdog.reserve(ex.free_cores)
+            watchdog = ex.watchdog.table()
+        if self._env is None:
+            self._env = tuple(os.fsencode(f"{k}={v}") for k, v in ex.base_env.items())
+        results = _fastrun.run(jobs, ex.free_cores, ex.free_memory_mb, budget_s, ex.wakeup_fd(), self._env,
+                               self._names, (ex.running, ex.es.procs), watchdog, bool(ex.scratch))
+        events: list[JobEvent | RangeEvent] = []
+        es_ended = False
+        taken: list[int] = []
+        failed: list[int] = []
+        scratch = ex.scratch
+        for r in results:
+            kind = r[0]
+            if kind == 1:  # started and ended in the call
+                _, i, pid, start_t, start_mono, status, utime, stime, maxrss, end_t, end_mono, flags = r
+                spec = specs[i]
+                taken.append(i)
+                if flags & _SIMPLE and (not scratch or flags & _CLEANED):
+                    events.append(self.finished(spec, pid, start_t, start_mono, end_t, end_mono, utime + stime, maxrss))
+                else:
+                    run = Running(spec, pid, start_t, start_mono, os.fsdecode(jobs[i][2]))
+                    events.extend(ex._judge_end(run, status, Usage(utime, stime, maxrss)))
+            elif kind == 0:  # started, still running: tracked as start() would
+                _, i, pid, start_t, start_mono = r
+                spec = specs[i]
+                taken.append(i)
+                ex.running[pid] = Running(spec, pid, start_t, start_mono, os.fsdecode(jobs[i][2]))
+                ex.free_cores -= spec.cores
+                ex.free_memory_mb -= spec.memory_mb
+                events.append(ex._event(spec, "running", start_t, pid=pid, start_time=start_t))
+            elif kind == 2:  # a child not the call's own: one of the executor's running payloads, or not
+                _, _, pid, end_t, end_mono, status, utime, stime, maxrss, flags = r
+                if flags & _SIMPLE and (not scratch or flags & _CLEANED):  # checked as for kind 1
+                    run = ex.running.pop(pid)
+                    if ex.watchdog:
+                        ex.watchdog.ended(pid)
+                    ex.free_cores += run.spec.cores
+                    ex.free_memory_mb += run.spec.memory_mb
+                    events.append(self.finished(run.spec, pid, run.start_time, run.start_mono, end_t, end_mono,
+                                                utime + stime, maxrss))
+                    continue
+                es_ended = es_ended or pid in ex.es.procs
+                events.extend(ex._reaped(pid, status, Usage(utime, stime, maxrss)))
+            else:  # could not start: Executor.start tries again and says why
+                failed.append(r[1])
+        if taken or failed:
+            gone = set(taken) | set(failed)
+            for i in gone:
+                prepared.pop((specs[i].job_id, specs[i].dispatch), None)
+            if len(gone) == max(gone) + 1:
+                for _ in gone:
+                    queue.popleft()
+            else:
+                kept = [s for i, s in enumerate(specs) if i not in gone]
+                for _ in specs:
+                    queue.popleft()
+                queue.extendleft(reversed(kept))
+            for i in failed:
+                events.append(ex.start(specs[i]))
+        return events, es_ended
+
+    def finished(self, spec: JobSpec, pid: int, start_t: float, start_mono: float, end_t: float, end_mono: float,
+                 cpu_s: float, maxrss: int) -> JobEvent:
+        """The event of a payload that exited 0 with nothing to judge: what Executor._judge_exit says of it."""
+        ex = self.ex
+        return make_job_event(job_id=spec.job_id, dispatch=spec.dispatch, state="finished", t=end_t, rank=ex.rank,
+                              host=ex.host, exit_code=0, files=[], pid=pid, start_time=start_t, end_time=end_t,
+                              wall_s=round(end_mono - start_mono, 6), cpu_s=round(cpu_s, 6), max_rss_kb=maxrss)
+
+    def job(self, spec: JobSpec) -> tuple:
+        """A queued job as the compiled code takes it (kept until it starts)."""
+        ex = self.ex
+        argv = self._argvs.get(spec.command)
+        if argv is None:
+            argv = tuple(os.fsencode(a) for a in payload_argv(spec.command))
+            if len(self._argvs) < 4096:
+                self._argvs[spec.command] = argv
+        path = spec.env["PATH"] if "PATH" in spec.env else ex.base_env.get("PATH", os.defpath)
+        program = ex.spawner.program(argv[0].decode(), path)
+        if ex.scratch:
+            workdir, parent = f"{ex.scratch}/{spec.job_id}.{spec.dispatch}", None
+        else:
+            workdir = spec.workdir
+            parent = os.fsencode(os.path.dirname(workdir)) if spec.dispatch == 1 else None
+        extras = (*(os.fsencode(f"{k}={v}") for k, v in spec.env.items()),
+                  b"HPC_EDGE_JOB_ID=%d" % spec.job_id, b"HPC_EDGE_TASK_ID=%d" % spec.task_id,
+                  b"HPC_EDGE_ATTEMPT=%d" % spec.attempt, b"HPC_EDGE_CORES=%d" % spec.cores,
+                  b"HPC_EDGE_RANK=%d" % ex.rank, b"OMP_NUM_THREADS=%d" % spec.cores)
+        job = (os.fsencode(program), argv, os.fsencode(workdir), parent, extras, spec.cores, spec.memory_mb,
+               not spec.outputs)
+        self._prepared[(spec.job_id, spec.dispatch)] = job
+        return job
