@@ -9,7 +9,8 @@
    process group, wait4; and, for a payload that exited 0 and left no job report, the scratch
    directory's empty logs and the directory itself removed. Anything that needs judging (a non-zero
    exit, a signal, a job report, declared outputs, logs to bring back) is returned for the executor
-   to handle in Python, as it would have. See Executor.run_fast for the records returned. */
+   to handle in Python, as it would have. FastPath.run (hpc_edge/fastpath.py) says what the records
+   returned are. */
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
 #include <Python.h>
@@ -257,14 +258,15 @@ static int parse_job(PyObject *t, job_t *j) {
     return 0;
 }
 
-/* a child this call did not start: 1 if one of the executor's running payloads (its cores and
-   memory in *cores, *memory; its watchdog entry released), 2 if an event-service payload, 0 if
-   neither (a stray reparented to the rank), -1 on error */
-static int known_child(ctx_t *c, pid_t pid, long *cores, long *memory) {
+/* a child this call did not start: 1 if one of the executor's running payloads (its Running record,
+   borrowed, in *run, its cores and memory in *cores, *memory; its watchdog entry released), 2 if an
+   event-service payload, 0 if neither (a stray reparented to the rank), -1 on error */
+static int known_child(ctx_t *c, pid_t pid, PyObject **run_out, long *cores, long *memory) {
     PyObject *k = PyLong_FromLong(pid);
     if (!k) return -1;
     int found = 0;
     PyObject *run = c->known[0] != Py_None ? PyDict_GetItemWithError(c->known[0], k) : NULL;
+    *run_out = run;
     if (run) {
         found = 1;
         PyObject *spec = PyObject_GetAttrString(run, "spec");
@@ -412,8 +414,9 @@ static PyObject *fast_run(PyObject *self, PyObject *args) {
                 }
             int ours = j != NULL, known = 0;
             long cores = 0, memory = 0;
+            PyObject *run = NULL;
             if (!ours) {
-                known = known_child(&c, pid, &cores, &memory);
+                known = known_child(&c, pid, &run, &cores, &memory);
                 if (known < 0) {
                     ok = 0;
                     break;
@@ -447,11 +450,7 @@ static PyObject *fast_run(PyObject *self, PyObject *args) {
                     free_cores += cores;
                     free_memory += memory;
                     ended_any = 1;
-                    PyObject *k = PyLong_FromLong(pid);
-                    PyObject *run = k ? PyDict_GetItemWithError(c.known[0], k) : NULL;
-                    Py_XDECREF(k);
-                    if (run) flags = finish_run(&c, run, status);
-                    PyErr_Clear();
+                    flags = finish_run(&c, run, status);
                 } else if (known == 2) {
                     leave = 1;  /* an event-service payload: the event service's turn now */
                 }
@@ -514,7 +513,7 @@ done:
 static PyMethodDef methods[] = {
     {"run", fast_run, METH_VARARGS,
      "run(jobs, free_cores, free_memory_mb, budget_s, wake_fd, base_env, names, known, watchdog, scratch)\n"
-     "Start and reap payloads for up to budget_s; return what happened (see Executor.run_fast)."},
+     "Start and reap payloads for up to budget_s; return what happened (FastPath.run in hpc_edge/fastpath.py)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "hpc_edge._fastrun",
