@@ -173,8 +173,8 @@ class Relay:
                           last_seq=self.seq, last_req=self.req))
 
     def poll_tower(self, wait: bool = True) -> bool:
-        """Wait for the tower, rank 0's payloads or the timeout; handle what the tower sent. True if
-        anything came from the tower."""
+        """Wait for the tower, rank 0's payloads or the timeout (or, with ``wait`` False, only look);
+        handle what the tower sent. True if anything came from the tower."""
         busy = self.pending or self.buffer or self.held or self.held_ranges or self.range_buffer
         self.watch_payloads()
         events = dict(self.poller.poll(0 if not wait else 2 if busy else 10))
