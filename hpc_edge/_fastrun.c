@@ -1,16 +1,22 @@
 /* The per-payload path of a rank, compiled: start queued payloads as cores free up, reap them as they
    end, for up to a time budget, with no Python between one payload's end and the next one's start.
 
-   It does what hpc_edge/executor.py and hpc_edge/spawn.py do for each payload, in the same order and
-   with the same system calls: the payload's directory (and, on its first dispatch, its job's); a
-   posix_spawn in a new session, in that directory, stdin from /dev/null, stdout and stderr into files
-   there, SIGPIPE and SIGXFSZ at their defaults, an empty signal mask, the rank's payload environment
-   with the job's variables; the watchdog's table entry; at its end waitid(WNOWAIT), a SIGKILL to its
-   process group, wait4; and, for a payload that exited 0 and left no job report, the scratch
-   directory's empty logs and the directory itself removed. Anything that needs judging (a non-zero
-   exit, a signal, a job report, declared outputs, logs to bring back) is returned for the executor
-   to handle in Python, as it would have. FastPath.run (hpc_edge/fastpath.py) says what the records
-   returned are. */
+   It does for each payload what hpc_edge/executor.py and hpc_edge/spawn.py do, in the same order: the
+   payload's directory (and, on its first dispatch, its job's); a new process in a new session, in
+   that directory, stdin from /dev/null, stdout and stderr into files there, SIGPIPE and SIGXFSZ at
+   their defaults, an empty signal mask, the rank's payload environment with the job's variables; the
+   watchdog's table entry; at its end waitid(WNOWAIT), a SIGKILL to its process group, wait4; and, for
+   a payload that exited 0 and left no job report, the scratch directory's empty logs and the
+   directory itself removed. Anything that needs judging (a non-zero exit, a signal, a job report,
+   declared outputs, logs to bring back) is returned for the executor to handle in Python, as it would
+   have. FastPath.run (hpc_edge/fastpath.py) says what the records returned are.
+
+   The process is started as posix_spawn starts one (vfork, then in the child the session, directory,
+   descriptors and signals, then execve), with two costs of glibc's posix_spawn left out: a stack
+   mapped and unmapped for each child, and a sigaction call for each of the 64 signals in the child;
+   this child resets only the signals the rank handles (and SIGPIPE, SIGXFSZ), looked up once per
+   call. A handler's address means nothing after execve, and every signal is blocked from the vfork
+   to just before it, so no handler of the rank's runs in the child. */
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
 #include <Python.h>
@@ -18,19 +24,13 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 29)) && !defined(HPC_EDGE_NO_ADDCHDIR)
-#define HAVE_ADDCHDIR 1  /* the spawn changes into the payload's directory itself */
-#endif
-/* without it (glibc before 2.29, or -DHPC_EDGE_NO_ADDCHDIR as tests/unit/test_executor_compiled.py
-   builds it) the rank changes into the directory around the spawn, as hpc_edge/spawn.py does */
 
 #define SIMPLE 1  /* exited 0 and left no job report */
 #define CLEANED 2 /* its scratch directory is gone (only empty logs were left in it) */
@@ -93,12 +93,13 @@ typedef struct {
     char **base;
     Py_ssize_t nbase;
     char *names[3];        /* stdout, stderr, job report */
-    posix_spawnattr_t attr;
+    sigset_t all, empty;  /* the spawn's masks: blocked around vfork, none for the payload */
+    struct sigaction dfl;
+    int handled[_NSIG], nhandled;  /* signals with a handler (and SIGPIPE, SIGXFSZ): default in the payload */
     Py_buffer wd_map;      /* the watchdog's table, or buf == NULL */
     PyObject *wd_free, *wd_where;
     PyObject *known[2];    /* the executor's own running payloads and event-service payloads, by pid */
     int scratch;
-    int home;              /* without HAVE_ADDCHDIR: the directory to come back to after a spawn */
 } ctx_t;
 
 static int wd_take(ctx_t *c, job_t *j) {
@@ -147,6 +148,28 @@ static int mkdir_ok(const char *path) {
     return mkdir(path, 0777) == 0 || errno == EEXIST ? 0 : errno;
 }
 
+/* what a payload's child does between vfork and exec: it shares the rank's memory and runs on its
+   stack until execve, so it only makes system calls, and says why it failed in *err */
+static void __attribute__((noinline, noreturn)) child_exec(ctx_t *c, job_t *j, char **envp, volatile int *err) {
+    for (int k = 0; k < c->nhandled; k++) sigaction(c->handled[k], &c->dfl, NULL);
+    if (setsid() < 0) goto fail;
+    if (chdir(j->cwd) != 0) goto fail;
+    static const int flags[3] = {O_RDONLY, O_WRONLY | O_CREAT | O_TRUNC, O_WRONLY | O_CREAT | O_TRUNC};
+    for (int fd = 0; fd < 3; fd++) {
+        int got = open(fd == 0 ? "/dev/null" : c->names[fd - 1], flags[fd], 0666);
+        if (got < 0) goto fail;
+        if (got != fd) {
+            if (dup2(got, fd) < 0) goto fail;
+            close(got);
+        }
+    }
+    sigprocmask(SIG_SETMASK, &c->empty, NULL);
+    execve(j->program, j->argv, envp);
+fail:
+    *err = errno ? errno : EINVAL;
+    _exit(127);
+}
+
 /* 0 and j->pid set, or an errno */
 static int start_job(ctx_t *c, job_t *j) {
     int err;
@@ -163,31 +186,23 @@ static int start_job(ctx_t *c, job_t *j) {
     }
     for (Py_ssize_t k = 0; k < j->nextras; k++) envp[n++] = j->extras[k];
     envp[n] = NULL;
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-#ifdef HAVE_ADDCHDIR
-    posix_spawn_file_actions_addchdir_np(&actions, j->cwd);
-#else  /* as hpc_edge/spawn.py does: the rank changes into the directory around the spawn */
-    if (chdir(j->cwd) != 0) {
-        err = errno;
-        posix_spawn_file_actions_destroy(&actions);
-        PyMem_Free(envp);
-        return err;
-    }
-#endif
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1, c->names[0], O_WRONLY | O_CREAT | O_TRUNC, 0666);
-    posix_spawn_file_actions_addopen(&actions, 2, c->names[1], O_WRONLY | O_CREAT | O_TRUNC, 0666);
     j->start_t = clock_of(CLOCK_REALTIME);
     j->start_mono = clock_of(CLOCK_MONOTONIC);
-    err = posix_spawn(&j->pid, j->program, &actions, &c->attr, j->argv, envp);
-#ifndef HAVE_ADDCHDIR
-    if (fchdir(c->home) != 0) {
-        /* nothing to be done here, and a spawned payload must be kept track of: the rank's other
-           paths use absolute paths only (hpc_edge/spawn.py) */
+    volatile int child_err = 0;
+    sigset_t old;
+    /* no handler of the rank's may run in the child before exec: all blocked until then */
+    pthread_sigmask(SIG_SETMASK, &c->all, &old);
+    pid_t pid = vfork();
+    if (pid == 0) child_exec(c, j, envp, &child_err);
+    err = pid < 0 ? errno : 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid > 0 && child_err) {  /* it could not exec: it has exited (127), reap it */
+        err = child_err;
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+    } else if (pid > 0) {
+        j->pid = pid;
     }
-#endif
-    posix_spawn_file_actions_destroy(&actions);
     PyMem_Free(envp);
     return err;
 }
@@ -316,7 +331,6 @@ static PyObject *fast_run(PyObject *self, PyObject *args) {
     ctx_t c;
     memset(&c, 0, sizeof c);
     c.scratch = scratch;
-    c.home = -1;
     c.known[0] = c.known[1] = Py_None;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(known) && i < 2; i++) {
         PyObject *d = PyTuple_GET_ITEM(known, i);
@@ -343,13 +357,6 @@ static PyObject *fast_run(PyObject *self, PyObject *args) {
         if (!PyArg_ParseTuple(wd, "OO!O!", &map, &PyList_Type, &c.wd_free, &PyDict_Type, &c.wd_where)) return NULL;
         if (PyObject_GetBuffer(map, &c.wd_map, PyBUF_WRITABLE) < 0) return NULL;
     }
-#ifndef HAVE_ADDCHDIR
-    c.home = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (c.home < 0) {
-        if (c.wd_map.buf) PyBuffer_Release(&c.wd_map);
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-#endif
     Py_ssize_t njobs = PyList_GET_SIZE(jobs);
     job_t *js = PyMem_Calloc(njobs ? njobs : 1, sizeof *js);
     PyObject *out = PyList_New(0);
@@ -358,15 +365,16 @@ static PyObject *fast_run(PyObject *self, PyObject *args) {
     for (; ok && parsed < njobs; parsed++) ok = parse_job(PyList_GET_ITEM(jobs, parsed), &js[parsed]) == 0;
     if (!ok) goto done;
 
-    sigset_t deflt, empty;
-    sigemptyset(&deflt);
-    sigaddset(&deflt, SIGPIPE);
-    sigaddset(&deflt, SIGXFSZ);
-    sigemptyset(&empty);
-    posix_spawnattr_init(&c.attr);
-    posix_spawnattr_setflags(&c.attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-    posix_spawnattr_setsigdefault(&c.attr, &deflt);
-    posix_spawnattr_setsigmask(&c.attr, &empty);
+    sigfillset(&c.all);
+    sigemptyset(&c.empty);
+    memset(&c.dfl, 0, sizeof c.dfl);
+    c.dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < _NSIG; sig++) {
+        struct sigaction sa;
+        if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) != 0) continue;
+        if (sig == SIGPIPE || sig == SIGXFSZ || (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN))
+            c.handled[c.nhandled++] = sig;
+    }
 
     double deadline = clock_of(CLOCK_MONOTONIC) + budget;
     Py_ssize_t running = 0;
@@ -492,7 +500,6 @@ static PyObject *fast_run(PyObject *self, PyObject *args) {
         if (js[i].started == 1)
             ok = append(out, Py_BuildValue("(inndd)", 0, i, (Py_ssize_t)js[i].pid, js[i].start_t,
                                            js[i].start_mono)) == 0;
-    posix_spawnattr_destroy(&c.attr);
 done:
     for (Py_ssize_t i = 0; i < parsed && js; i++) {
         PyMem_Free(js[i].argv);
@@ -501,7 +508,6 @@ done:
     PyMem_Free(js);
     PyMem_Free(c.base);
     if (c.wd_map.buf) PyBuffer_Release(&c.wd_map);
-    if (c.home >= 0) close(c.home);
     if (!ok) {
         Py_XDECREF(out);
         if (!PyErr_Occurred()) PyErr_NoMemory();

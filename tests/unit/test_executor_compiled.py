@@ -29,8 +29,15 @@ COMMANDS = {
     11: "sleep 300 & echo started",                  # what it leaves in its group ends with it
     12: "read line; echo \"[$line]\"",                # stdin is /dev/null
     13: "./relative-program",                          # relative to its directory, not on PATH
+    14: "./not-executable",                            # found, but execve fails (EACCES) ...
+    15: "./no-interpreter",                            # ... or its interpreter is missing (ENOENT)
+    16: "cat /proc/self/status > status.txt",          # the signal mask and ignored signals it got
 }
-OUTPUTS = {4: ["out.txt"], 5: ["missing.txt"]}
+OUTPUTS = {4: ["out.txt"], 5: ["missing.txt"], 16: ["status.txt"]}
+# programs in a payload's own directory: (name, text, mode)
+PROGRAMS = {13: ("relative-program", "#!/bin/sh\necho relative\n", 0o755),
+            14: ("not-executable", "#!/bin/sh\necho never\n", 0o644),
+            15: ("no-interpreter", "#!/no/such/interpreter\n", 0o755)}
 ENV = {9: {"FROM_JOB": "job-value"}}
 
 
@@ -48,14 +55,12 @@ def run(tmp_path, compiled: bool, scratch: bool) -> tuple[dict, dict]:
                   scratch=str(tmp_path / "scratch") if scratch else None)
     ex.base_env = {**ex.base_env, "FROM_SITE": "site-value", "OMP_NUM_THREADS": "99"}
     ex.install_sigchld_wakeup()
-    (tmp_path / "jobs" / "13").mkdir(parents=True)
-    (tmp_path / "jobs" / "13" / "relative-program").write_text("#!/bin/sh\necho relative\n")
-    (tmp_path / "jobs" / "13" / "relative-program").chmod(0o755)
+    for i, (name, text, mode) in PROGRAMS.items():  # a relative program must be where the payload runs
+        where = tmp_path / "scratch" / f"{i}.1" if scratch else tmp_path / "jobs" / str(i)
+        where.mkdir(parents=True)
+        (where / name).write_text(text)
+        (where / name).chmod(mode)
     try:
-        if scratch:  # a relative program must be where the payload runs
-            (tmp_path / "scratch" / "13.1").mkdir()
-            os.replace(tmp_path / "jobs" / "13" / "relative-program", tmp_path / "scratch" / "13.1" / "relative-program")
-            (tmp_path / "jobs" / "13").rmdir()
         ex.add(specs(tmp_path))
         ended, deadline = {}, time.monotonic() + 60
         while len(ended) < len(COMMANDS):
@@ -106,6 +111,9 @@ def test_the_compiled_path_ends_every_payload_as_the_python_path_does(both):
     assert o[7][3] == 2065  # a plugin's code from its job report
     assert o[8][:4] == ("failed", None, 11, ErrorCode.KILLED_BY_SIGNAL)
     assert o[10][3] == ErrorCode.START_FAILED and "no-such-program-anywhere" in compiled[10].error_diag
+    assert o[14][3] == o[15][3] == ErrorCode.START_FAILED
+    assert "Permission denied" in compiled[14].error_diag and "No such file" in compiled[15].error_diag
+    assert o[16] == ("finished", 0, None, None, ["status.txt"])
     assert compiled[1].cpu_s is not None and compiled[1].max_rss_kb > 0 and compiled[1].wall_s > 0
     assert compiled[1].start_time <= compiled[1].end_time
     # on scratch, a job that finished with empty logs leaves no directory at all; the logs that say
@@ -130,6 +138,11 @@ def test_payloads_see_the_same_environment_directory_and_input(both):
         seen[name] = (root / "jobs" / "9" / "env.txt").read_text().split()
         assert (root / "jobs" / "12" / "payload.stdout").read_text() == "[]\n"
         assert (root / "jobs" / "13" / "payload.stdout").read_text() == "relative\n"
+    for name in ("compiled", "python"):  # no signal blocked; SIGPIPE (13) and SIGXFSZ (25) not ignored
+        status = dict(line.split(":\t", 1) for line in
+                      (got[name][2] / "jobs" / "16" / "status.txt").read_text().splitlines())
+        assert int(status["SigBlk"], 16) == 0, name
+        assert int(status["SigIgn"], 16) & (1 << 12 | 1 << 24) == 0, name
     if not scratch:
         # the job's id and cores; the job's own variable; the site's; OMP_NUM_THREADS from the job's
         # cores, not the site's 99
@@ -162,61 +175,6 @@ def test_the_compiled_path_keeps_to_the_cores_and_the_watchdog_guards_what_it_st
         # the freed core went to the next job, and the table follows
         assert {r.spec.job_id for r in ex.running.values()} == {1, 3}
         assert ex.watchdog.guarded == set(ex.running)
-    finally:
-        ex.hard_kill_all()
-        ex.close()
-
-
-def test_the_compiled_path_for_c_libraries_without_a_spawn_chdir(tmp_path, monkeypatch):
-    """glibc before 2.29 (RHEL 8's is 2.28) has no posix_spawn_file_actions_addchdir_np: there the
-    rank changes into the payload's directory around the spawn. Built here with that path forced."""
-    import importlib.machinery
-    import importlib.util
-    import shutil
-    import subprocess
-    import sysconfig
-    from pathlib import Path
-
-    cc = shutil.which("cc") or shutil.which("gcc")
-    assert cc, "no C compiler: hpc_edge/_fastrun.c could not have been built either"
-    source = Path(fastpath_module.__file__).with_name("_fastrun.c")
-    built = tmp_path / ("_fastrun" + importlib.machinery.EXTENSION_SUFFIXES[0])
-    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-DHPC_EDGE_NO_ADDCHDIR", f"-I{sysconfig.get_paths()['include']}",
-                    "-o", str(built), str(source)], check=True, capture_output=True)
-    spec = importlib.util.spec_from_file_location("hpc_edge._fastrun", built)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(fastpath_module, "_fastrun", module)
-    home = os.getcwd()
-
-    ended, files = run(tmp_path / "forced", True, False)
-    expected, expected_files = run(tmp_path / "python", False, False)
-
-    assert {i: outcome(e) for i, e in ended.items()} == {i: outcome(e) for i, e in expected.items()}
-    assert files == expected_files
-    assert (tmp_path / "forced" / "jobs" / "9" / "env.txt").read_text().split()[5] == str(tmp_path / "forced" / "jobs" / "9")
-    assert os.getcwd() == home  # the rank is back where it was after every spawn
-
-
-def test_the_compiled_path_keeps_to_the_memory(tmp_path):
-    ex = Executor(rank=0, cores=4, memory_mb=1000, guard=False, compiled=True)
-    ex.install_sigchld_wakeup()
-    try:
-        big, small, other = (JobSpec(job_id=i, task_id=1, attempt=1, dispatch=1, command="sleep 30", cores=1,
-                                     memory_mb=mb, walltime_s=60, workdir=str(tmp_path / str(i)))
-                             for i, mb in ((1, 800), (2, 300), (3, 200)))
-        ex.add([big, small, other])
-        started = [e.job_id for e in ex.step(0.1) if e.state == "running"]
-
-        # 800 + 300 is over the rank's 1000 MB: the 300 MB job keeps its place, the 200 MB one fits
-        assert sorted(started) == [1, 3] and [s.job_id for s in ex.queue] == [2]
-        assert ex.free_memory_mb == 0 and ex.free_cores == 2
-        ex.kill({1}, ErrorCode.KILLED_BY_USER, "test")
-        deadline, seen = time.monotonic() + 30, []
-        while 2 not in seen:
-            assert time.monotonic() < deadline
-            seen += [e.job_id for e in ex.step(0.2) if e.state == "running"]
-        assert ex.free_memory_mb == 500 and not ex.queue
     finally:
         ex.hard_kill_all()
         ex.close()
