@@ -36,7 +36,6 @@
 #define CLEANED 2 /* its scratch directory is gone (only empty logs were left in it) */
 
 typedef struct {
-    PyObject *tuple;      /* the job as the executor prepared it (borrowed from the list) */
     const char *program;
     char **argv;
     const char *cwd;
@@ -45,6 +44,7 @@ typedef struct {
     Py_ssize_t nextras;
     long cores, memory_mb;
     int no_outputs;
+    int parsed;           /* read from its tuple (when first looked at) */
     int started;
     pid_t pid;
     double start_t, start_mono;
@@ -250,6 +250,7 @@ static int parse_job(PyObject *t, job_t *j) {
     PyObject *argv, *extras, *parent;
     memset(j, 0, sizeof *j);
     j->wd_slot = -1;
+    j->parsed = 1;
     if (!PyTuple_Check(t) || !PyArg_ParseTuple(t, "yO!yOO!llp", &j->program, &PyTuple_Type, &argv, &j->cwd,
                                                  &parent, &PyTuple_Type, &extras, &j->cores, &j->memory_mb,
                                                  &j->no_outputs)) {
@@ -263,7 +264,6 @@ static int parse_job(PyObject *t, job_t *j) {
         }
         j->parent = PyBytes_AS_STRING(parent);
     }
-    j->tuple = t;
     if (!(j->argv = strings_of(argv, NULL))) return -1;
     if (!(j->extras = strings_of(extras, &j->nextras))) {
         PyMem_Free(j->argv);
@@ -361,8 +361,6 @@ static PyObject *fast_run(PyObject *self, PyObject *args) {
     job_t *js = PyMem_Calloc(njobs ? njobs : 1, sizeof *js);
     PyObject *out = PyList_New(0);
     int ok = js && out && (c.base = strings_of(base, &c.nbase)) != NULL;
-    Py_ssize_t parsed = 0;
-    for (; ok && parsed < njobs; parsed++) ok = parse_job(PyList_GET_ITEM(jobs, parsed), &js[parsed]) == 0;
     if (!ok) goto done;
 
     sigfillset(&c.all);
@@ -380,11 +378,20 @@ static PyObject *fast_run(PyObject *self, PyObject *args) {
     Py_ssize_t running = 0;
     int stop_starting = 0, leave = 0, ended_any = 0;
     while (ok) {
-        /* start what fits, first fit in order (a job that does not fit keeps its place) */
+        /* start what fits, first fit in order (a job that does not fit keeps its place); every job
+           needs a core, so with none free the rest is not looked at (nor read from its tuple) */
         int waiting = 0;  /* a job not started that would fit once cores free up */
         for (Py_ssize_t i = 0; i < njobs && !stop_starting; i++) {
             job_t *j = &js[i];
             if (j->started) continue;
+            if (free_cores <= 0) {
+                waiting = 1;
+                break;
+            }
+            if (!j->parsed && parse_job(PyList_GET_ITEM(jobs, i), j) < 0) {
+                ok = 0;
+                break;
+            }
             if (j->cores > free_cores || j->memory_mb > free_memory) {
                 waiting = 1;
                 continue;
@@ -469,9 +476,9 @@ static PyObject *fast_run(PyObject *self, PyObject *args) {
             if (!ok) break;
         }
         if (!ok || leave || stop_starting) break;
-        int startable = 0;
-        for (Py_ssize_t i = 0; i < njobs && !startable; i++)
-            startable = !js[i].started && js[i].cores <= free_cores && js[i].memory_mb <= free_memory;
+        int startable = 0;  /* a job not started (read or not yet) that may fit the cores now free */
+        for (Py_ssize_t i = 0; i < njobs && !startable && free_cores > 0; i++)
+            startable = !js[i].started && (!js[i].parsed || (js[i].cores <= free_cores && js[i].memory_mb <= free_memory));
         if (startable) continue;
         if (running == 0 && !waiting) break;     /* all done */
         if (!waiting && ended_any) break;        /* nothing left to start and cores free: report, refill */
@@ -501,7 +508,8 @@ static PyObject *fast_run(PyObject *self, PyObject *args) {
             ok = append(out, Py_BuildValue("(inndd)", 0, i, (Py_ssize_t)js[i].pid, js[i].start_t,
                                            js[i].start_mono)) == 0;
 done:
-    for (Py_ssize_t i = 0; i < parsed && js; i++) {
+    for (Py_ssize_t i = 0; i < njobs && js; i++) {
+        if (!js[i].parsed) continue;
         PyMem_Free(js[i].argv);
         PyMem_Free(js[i].extras);
     }

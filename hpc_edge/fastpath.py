@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from .monitor import REPORT_NAME
@@ -55,7 +56,9 @@ class FastPath:
         self._env: tuple[bytes, ...] | None = None
         self._names = (STDOUT_NAME.encode(), STDERR_NAME.encode(), REPORT_NAME.encode())
         self._argvs: dict[str, tuple[bytes, ...]] = {}
-        self._prepared: dict[tuple[int, int], tuple] = {}
+        # the queue's first jobs when the last call returned, and each as the compiled code takes it
+        self._head: list[JobSpec] = []
+        self._head_jobs: list[tuple] = []
 
     def run(self, budget_s: float) -> tuple[list[JobEvent | RangeEvent], bool]:
         """Start queued payloads and reap ended ones for up to ``budget_s``; the events, and whether an
@@ -71,12 +74,14 @@ class FastPath:
             close_on_exec_all()
             ex.spawner.fds_checked = now
         queue = ex.queue
-        specs = list(queue) if len(queue) <= FAST_BATCH else [queue[i] for i in range(FAST_BATCH)]
-        prepared = self._prepared
-        if len(prepared) > 2 * FAST_BATCH + len(specs):  # jobs killed while queued
-            keep = {(spec.job_id, spec.dispatch) for spec in specs}
-            self._prepared = prepared = {k: v for k, v in prepared.items() if k in keep}
-        jobs = [prepared.get((spec.job_id, spec.dispatch)) or self.job(spec) for spec in specs]
+        specs = list(queue) if len(queue) <= FAST_BATCH else list(islice(queue, FAST_BATCH))
+        # the queue's head as the last call left it (what it did not start) is prepared already: the
+        # same objects in the same order (a kill or a requeue makes them differ)
+        head, head_jobs = self._head, self._head_jobs
+        if len(head) <= len(specs) and specs[:len(head)] == head:
+            jobs = head_jobs + [self.job(spec) for spec in specs[len(head):]]
+        else:
+            jobs = [self.job(spec) for spec in specs]
         watchdog = None
         if ex.watchdog:
             ex.watchdog.reserve(ex.free_cores)
@@ -126,18 +131,20 @@ class FastPath:
                 failed.append(r[1])
         if taken or failed:
             gone = set(taken) | set(failed)
-            for i in gone:
-                prepared.pop((specs[i].job_id, specs[i].dispatch), None)
             if len(gone) == max(gone) + 1:
                 for _ in gone:
                     queue.popleft()
+                self._head, self._head_jobs = specs[len(gone):], jobs[len(gone):]
             else:
-                kept = [s for i, s in enumerate(specs) if i not in gone]
+                kept = [i for i in range(len(specs)) if i not in gone]
                 for _ in specs:
                     queue.popleft()
-                queue.extendleft(reversed(kept))
+                queue.extendleft(reversed([specs[i] for i in kept]))
+                self._head, self._head_jobs = [specs[i] for i in kept], [jobs[i] for i in kept]
             for i in failed:
                 events.append(ex.start(specs[i]))
+        else:
+            self._head, self._head_jobs = specs, jobs
         return events, es_ended
 
     def finished(self, spec: JobSpec, pid: int, start_t: float, start_mono: float, end_t: float, end_mono: float,
@@ -149,7 +156,7 @@ class FastPath:
                               wall_s=round(end_mono - start_mono, 6), cpu_s=round(cpu_s, 6), max_rss_kb=maxrss)
 
     def job(self, spec: JobSpec) -> tuple:
-        """A queued job as the compiled code takes it (kept until it starts)."""
+        """A queued job as the compiled code takes it."""
         ex = self.ex
         argv = self._argvs.get(spec.command)
         if argv is None:
@@ -167,7 +174,5 @@ class FastPath:
                   b"HPC_EDGE_JOB_ID=%d" % spec.job_id, b"HPC_EDGE_TASK_ID=%d" % spec.task_id,
                   b"HPC_EDGE_ATTEMPT=%d" % spec.attempt, b"HPC_EDGE_CORES=%d" % spec.cores,
                   b"HPC_EDGE_RANK=%d" % ex.rank, b"OMP_NUM_THREADS=%d" % spec.cores)
-        job = (os.fsencode(program), argv, os.fsencode(workdir), parent, extras, spec.cores, spec.memory_mb,
-               not spec.outputs)
-        self._prepared[(spec.job_id, spec.dispatch)] = job
-        return job
+        return (os.fsencode(program), argv, os.fsencode(workdir), parent, extras, spec.cores, spec.memory_mb,
+                not spec.outputs)
