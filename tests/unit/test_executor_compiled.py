@@ -178,3 +178,27 @@ def test_the_compiled_path_keeps_to_the_cores_and_the_watchdog_guards_what_it_st
     finally:
         ex.hard_kill_all()
         ex.close()
+
+
+def test_the_compiled_path_keeps_to_the_memory(tmp_path):
+    ex = Executor(rank=0, cores=4, memory_mb=1000, guard=False, compiled=True)
+    ex.install_sigchld_wakeup()
+    try:
+        big, small, other = (JobSpec(job_id=i, task_id=1, attempt=1, dispatch=1, command="sleep 30", cores=1,
+                                     memory_mb=mb, walltime_s=60, workdir=str(tmp_path / str(i)))
+                             for i, mb in ((1, 800), (2, 300), (3, 200)))
+        ex.add([big, small, other])
+        started = [e.job_id for e in ex.step(0.1) if e.state == "running"]
+
+        # 800 + 300 is over the rank's 1000 MB: the 300 MB job keeps its place, the 200 MB one fits
+        assert sorted(started) == [1, 3] and [s.job_id for s in ex.queue] == [2]
+        assert ex.free_memory_mb == 0 and ex.free_cores == 2
+        ex.kill({1}, ErrorCode.KILLED_BY_USER, "test")
+        deadline, seen = time.monotonic() + 30, []
+        while 2 not in seen:
+            assert time.monotonic() < deadline
+            seen += [e.job_id for e in ex.step(0.2) if e.state == "running"]
+        assert ex.free_memory_mb == 500 and not ex.queue
+    finally:
+        ex.hard_kill_all()
+        ex.close()
