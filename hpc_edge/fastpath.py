@@ -1,10 +1,10 @@
 """The executor's compiled per-payload path: queued payloads started and reaped by hpc_edge/_fastrun.c
 for a few milliseconds at a time, with no Python between one payload's end and the next one's start.
 
-It does what ``Executor.reap`` and ``Executor.start_ready`` do, with the same system calls; what needs
-judging (a non-zero exit, a signal, a job report, declared outputs, logs to bring back) is handed to
-the executor's own code. Without the compiled module (no C compiler at install) or with
-HPC_EDGE_PURE_PYTHON=1, the executor runs the Python path only.
+It does what ``Executor.reap`` and ``Executor.start_ready`` do, with the same effects (hpc_edge/_fastrun.c
+says how it starts a process); what needs judging (a non-zero exit, a signal, a job report, declared
+outputs, logs to bring back) is handed to the executor's own code. Without the compiled module (no C
+compiler at install) or with HPC_EDGE_PURE_PYTHON=1, the executor runs the Python path only.
 """
 
 from __future__ import annotations
