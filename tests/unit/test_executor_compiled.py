@@ -202,3 +202,41 @@ def test_the_compiled_path_keeps_to_the_memory(tmp_path):
     finally:
         ex.hard_kill_all()
         ex.close()
+
+
+def test_a_queue_changed_between_calls_is_read_again(tmp_path):
+    """The compiled path keeps the queue's head prepared from one call to the next; a job killed
+    while queued, and jobs added behind it, must not be mistaken for what it kept."""
+    ex = Executor(rank=0, cores=1, memory_mb=1000, guard=False, compiled=True)
+    ex.install_sigchld_wakeup()
+
+    def spec(i):
+        return JobSpec(job_id=i, task_id=1, attempt=1, dispatch=1, command="sleep 30", cores=1, memory_mb=0,
+                       walltime_s=60, workdir=str(tmp_path / str(i)))
+
+    def run_until_started() -> int:
+        """The job that starts next, once its process is seen running in that job's own directory."""
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline
+            started = [e for e in ex.step(0.2) if e.state == "running"]
+            if started:
+                assert len(started) == 1
+                e = started[0]
+                assert os.readlink(f"/proc/{e.pid}/cwd") == str(tmp_path / str(e.job_id))
+                return e.job_id
+
+    try:
+        ex.add([spec(i) for i in (1, 2, 3, 4)])
+        order = [run_until_started()]  # 1 runs; 2, 3 and 4 stay queued, prepared
+        cancelled = ex.kill({3}, ErrorCode.KILLED_BY_USER, "test")
+        assert [(e.job_id, e.state) for e in cancelled] == [(3, "cancelled")]
+        ex.add([spec(5)])
+        for _ in range(3):  # each running job killed in turn: the next queued one starts
+            ex.kill({order[-1]}, ErrorCode.KILLED_BY_USER, "test")
+            order.append(run_until_started())
+        assert order == [1, 2, 4, 5]
+        assert not ex.queue
+    finally:
+        ex.hard_kill_all()
+        ex.close()
