@@ -32,8 +32,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SIMPLE 1  /* exited 0 and left no job report */
-#define CLEANED 2 /* its scratch directory is gone (only empty logs were left in it) */
+#define DONE 1  /* exited 0, left no job report, had no output to check; on scratch, only empty logs
+                   were left and they and the directory are gone: nothing left to judge in Python */
 
 typedef struct {
     const char *program;
@@ -207,23 +207,23 @@ static int start_job(ctx_t *c, job_t *j) {
     return err;
 }
 
-/* after a fast payload's wait4: SIMPLE / CLEANED flags */
+/* after a fast payload's wait4: DONE, or 0 for Python to judge it */
 static int finish(ctx_t *c, const char *cwd, int no_outputs, int status) {
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !no_outputs) return 0;
     char path[PATH_MAX];
     struct stat st;
     if (snprintf(path, sizeof path, "%s/%s", cwd, c->names[2]) >= (int)sizeof path) return 0;
     if (lstat(path, &st) == 0 || errno != ENOENT) return 0;
-    if (!c->scratch) return SIMPLE;
+    if (!c->scratch) return DONE;
     for (int k = 0; k < 2; k++) {
-        if (snprintf(path, sizeof path, "%s/%s", cwd, c->names[k]) >= (int)sizeof path) return SIMPLE;
-        if (stat(path, &st) != 0 || st.st_size != 0) return SIMPLE;
+        if (snprintf(path, sizeof path, "%s/%s", cwd, c->names[k]) >= (int)sizeof path) return 0;
+        if (stat(path, &st) != 0 || st.st_size != 0) return 0;
     }
     for (int k = 0; k < 2; k++) {
         snprintf(path, sizeof path, "%s/%s", cwd, c->names[k]);
-        if (unlink(path) != 0) return SIMPLE;
+        if (unlink(path) != 0) return 0;
     }
-    return rmdir(cwd) == 0 ? SIMPLE | CLEANED : SIMPLE;
+    return rmdir(cwd) == 0 ? DONE : 0;
 }
 
 /* the same for one of the executor's running payloads (started by an earlier call): judged here

@@ -29,7 +29,7 @@ except ImportError:  # installed where no C compiler was found
     _fastrun = None
 
 FAST_BATCH = 64  # queued jobs a call looks at (first fit among them)
-_SIMPLE, _CLEANED = 1, 2  # hpc_edge/_fastrun.c's flags of an ended payload
+_DONE = 1  # hpc_edge/_fastrun.c's flag of an ended payload with nothing left to judge
 
 
 def compiled_path() -> bool:
@@ -64,10 +64,10 @@ class FastPath:
         """Start queued payloads and reap ended ones for up to ``budget_s``; the events, and whether an
         event-service payload ended (its cores are free for the queue).
 
-        A payload that exited 0 with no job report and no outputs to check is reported finished at
-        once (on scratch, its directory is gone if its logs were empty); any other end is judged as
-        ``Executor.reap`` would; one still running is tracked as ``Executor.start`` would have; a
-        child the call did not start (or did not see end) goes to ``Executor._reaped``."""
+        A payload that exited 0 with no job report and no outputs to check (on scratch, that left only
+        empty logs, removed with its directory in the call) is reported finished at once; any other
+        end is judged as ``Executor.reap`` would; one still running is tracked as ``Executor.start``
+        would have; a child the call did not start (or did not see end) goes to ``Executor._reaped``."""
         ex = self.ex
         now = time.monotonic()
         if now - ex.spawner.fds_checked > FD_CHECK_S:
@@ -94,14 +94,13 @@ class FastPath:
         es_ended = False
         taken: list[int] = []
         failed: list[int] = []
-        scratch = ex.scratch
         for r in results:
             kind = r[0]
             if kind == 1:  # started and ended in the call
                 _, i, pid, start_t, start_mono, status, utime, stime, maxrss, end_t, end_mono, flags = r
                 spec = specs[i]
                 taken.append(i)
-                if flags & _SIMPLE and (not scratch or flags & _CLEANED):
+                if flags & _DONE:
                     events.append(self.finished(spec, pid, start_t, start_mono, end_t, end_mono, utime + stime, maxrss))
                 else:
                     run = Running(spec, pid, start_t, start_mono, os.fsdecode(jobs[i][2]))
@@ -116,7 +115,7 @@ class FastPath:
                 events.append(ex._event(spec, "running", start_t, pid=pid, start_time=start_t))
             elif kind == 2:  # a child not the call's own: one of the executor's running payloads, or not
                 _, _, pid, end_t, end_mono, status, utime, stime, maxrss, flags = r
-                if flags & _SIMPLE and (not scratch or flags & _CLEANED):  # checked as for kind 1
+                if flags & _DONE:  # as for kind 1
                     run = ex.running.pop(pid)
                     if ex.watchdog:
                         ex.watchdog.ended(pid)
