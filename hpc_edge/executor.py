@@ -251,14 +251,20 @@ class Executor:
         stray that was reparented here."""
         if pid in self.es.procs:
             return self.es.ended(pid, os.waitstatus_to_exitcode(status))
+        run = self.release(pid)
+        return [] if run is None else self._judge_end(run, status, usage)
+
+    def release(self, pid: int) -> Running | None:
+        """One of this rank's payloads has been waited for: no longer tracked or guarded, its cores and
+        memory free again. None if the pid is not one of them."""
         run = self.running.pop(pid, None)
         if run is None:
-            return []
+            return None
         if self.watchdog:
             self.watchdog.ended(pid)
         self.free_cores += run.spec.cores
         self.free_memory_mb += run.spec.memory_mb
-        return self._judge_end(run, status, usage)
+        return run
 
     def _judge_end(self, run: Running, status: int, usage) -> list[JobEvent]:
         code = os.waitstatus_to_exitcode(status)

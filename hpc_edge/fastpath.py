@@ -116,11 +116,7 @@ class FastPath:
             elif kind == 2:  # a child not the call's own: one of the executor's running payloads, or not
                 _, _, pid, end_t, end_mono, status, utime, stime, maxrss, flags = r
                 if flags & _DONE:  # as for kind 1
-                    run = ex.running.pop(pid)
-                    if ex.watchdog:
-                        ex.watchdog.ended(pid)
-                    ex.free_cores += run.spec.cores
-                    ex.free_memory_mb += run.spec.memory_mb
+                    run = ex.release(pid)
                     events.append(self.finished(run.spec, pid, run.start_time, run.start_mono, end_t, end_mono,
                                                 utime + stime, maxrss))
                     continue
