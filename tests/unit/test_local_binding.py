@@ -54,9 +54,11 @@ def test_a_shorter_grace_for_one_reaping_does_not_stay_the_launchers(tmp_path):
 
     launcher = LocalLauncher(kill_grace_s=60.0)
     # a "worker" that ignores SIGTERM, in a group of its own as mpiexec is: only SIGKILL ends it
-    proc = subprocess.Popen(["/bin/sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"], start_new_session=True)
+    proc = subprocess.Popen(["/bin/sh", "-c", "trap '' TERM; echo trapped; while :; do sleep 0.1; done"],
+                            start_new_session=True, stdout=subprocess.PIPE, text=True)
     launcher._procs[f"{proc.pid}:w1"] = proc
     try:
+        assert proc.stdout.readline() == "trapped\n"  # SIGTERM is ignored from now on, not before
         started = time.monotonic()
         launcher.reap_all(timeout=0, kill_grace_s=0.2)
         assert proc.poll() == -9
@@ -65,4 +67,5 @@ def test_a_shorter_grace_for_one_reaping_does_not_stay_the_launchers(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
     assert launcher.kill_grace_s == 60.0
