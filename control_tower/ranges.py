@@ -141,7 +141,7 @@ class RangeBook:
             specs.append(self.job_spec(es, task_name, task))
             if es.state == "activated":
                 self.set_job(es, "running", now)
-            g, construct = es.geometry, p.make_range_spec
+            g, construct = es.geometry, p.RangeSpec
             f = task.files[g.file_idx] if task.files else None
             lfn, guid, scope = (f.name, f.guid, f.scope) if f else ("", "", "")
             prefix, attempts, ready = es.id_prefix, es.attempts, es.ready
@@ -151,9 +151,7 @@ class RangeBook:
                 idx = ready.popleft()
                 attempt = attempts.get(idx, 1)
                 first, last = g.events(idx)
-                # built here from checked parts: no validation needed
-                ranges.append(construct(range_id=f"{prefix}{idx}-{attempt}", job_id=job_id, first_event=first,
-                                        last_event=last, lfn=lfn, guid=guid, scope=scope))
+                ranges.append(construct(f"{prefix}{idx}-{attempt}", job_id, first, last, lfn, guid, scope))
                 self._hold(worker_id, job_id, idx, attempt, "assigned")
                 run = assigns[-1] if assigns else None
                 if run is not None and run[5] == idx - 1 and run[0] == attempt and run[3] == job_id \

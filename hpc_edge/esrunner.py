@@ -29,7 +29,7 @@ from pathlib import Path
 from . import eventservice as es
 from .errors import ErrorCode
 from .payload import payload_argv
-from .protocol import JobSpec, RangeEvent, RangeSpec, make_range_event
+from .protocol import JobSpec, RangeEvent, RangeSpec
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +101,10 @@ class StageOut(threading.Thread):
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(src, dest)
-                event.output, event.size = str(dest), dest.stat().st_size
+                event = event._replace(output=str(dest), size=dest.stat().st_size)
             except OSError as exc:
-                event.state, event.error_code = "failed", int(ErrorCode.STAGEOUT_FAILED)
-                event.error_diag = f"stage-out of {src} to {dest} failed: {exc}"
+                event = event._replace(state="failed", error_code=int(ErrorCode.STAGEOUT_FAILED),
+                                       error_diag=f"stage-out of {src} to {dest} failed: {exc}"[:4000])
             self.done.put(event)
             if self.wake_fd is not None:
                 try:
@@ -377,8 +377,8 @@ class EventRunner:
     def event(self, r: RangeSpec, state: str, **kw) -> RangeEvent:
         # built here from checked values (texts from the payload are cut to the wire's limits); the
         # tower validates every event it receives
-        return make_range_event(range_id=r.range_id, job_id=r.job_id, state=state, t=time.time(),
-                                rank=self.ex.rank, host=self.ex.host, **kw)
+        return RangeEvent(range_id=r.range_id, job_id=r.job_id, state=state, t=time.time(),
+                          rank=self.ex.rank, host=self.ex.host, **kw)
 
 
 def _killpg(pid: int, sig: int) -> None:

@@ -10,7 +10,7 @@ malformed message raises ProtocolError naming what is wrong; nothing is ever unp
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, NamedTuple, Union
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -19,7 +19,7 @@ from .errors import ProtocolError
 
 logger = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: ranges and range events are arrays (named tuples), not maps
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 JobState = Literal["running", "finished", "failed", "preempted", "cancelled"]
@@ -67,35 +67,40 @@ class JobSpec(_Record):
     output_dir: str | None = None  # event service: where finished ranges' outputs are staged out
 
 
-class RangeSpec(_Record):
-    """One event range of an event-service job (ids: task-job-file-range-attempt)."""
+class RangeSpec(NamedTuple):
+    """One event range of an event-service job (ids: task-job-file-range-attempt).
 
-    range_id: str = Field(min_length=1, max_length=200)
-    job_id: int = Field(ge=1)
-    first_event: int = Field(ge=0)
-    last_event: int = Field(ge=0)
+    Ranges and their events are named tuples, not models: a job of 10^5 one-event ranges moves
+    each one tower -> relay -> rank and back, and a tuple is built, sent (a msgpack array, a pickle
+    between ranks) and validated on receipt (every field, as a model's) at a fraction of a
+    model's cost. A wire error names the field (see ``decode``)."""
+
+    range_id: Annotated[str, Field(min_length=1, max_length=200)]
+    job_id: Annotated[int, Field(ge=1)]
+    first_event: Annotated[int, Field(ge=0)]
+    last_event: Annotated[int, Field(ge=0)]
     lfn: str = ""
     guid: str = ""
     scope: str = ""
 
 
-class RangeEvent(_Record):
-    """A change of an event range's state on a node."""
+class RangeEvent(NamedTuple):
+    """A change of an event range's state on a node (a named tuple: see RangeSpec)."""
 
-    range_id: str = Field(min_length=1, max_length=200)
-    job_id: int = Field(ge=1)
+    range_id: Annotated[str, Field(min_length=1, max_length=200)]
+    job_id: Annotated[int, Field(ge=1)]
     state: Literal["running", "finished", "failed", "preempted"]
     t: float
     rank: int | None = None
     host: str | None = None
-    output: str | None = Field(default=None, max_length=4096)
+    output: Annotated[str, Field(max_length=4096)] | None = None
     size: int | None = None
     cpu_s: float | None = None
     wall_s: float | None = None
     exit_code: int | None = None
     signal: int | None = None
     error_code: int | None = None
-    error_diag: str | None = Field(default=None, max_length=4096)
+    error_diag: Annotated[str, Field(max_length=4096)] | None = None
 
 
 class FileInfo(_Record):
@@ -266,8 +271,6 @@ Message = Annotated[
 ]
 _ADAPTER: TypeAdapter = TypeAdapter(Message)
 make_job_event = trusted_maker(JobEvent)
-make_range_event = trusted_maker(RangeEvent)
-make_range_spec = trusted_maker(RangeSpec)
 
 
 def drop_superseded(events: list) -> list:
@@ -285,6 +288,18 @@ def drop_superseded(events: list) -> list:
 
 def encode(message: _Message) -> bytes:
     return msgpack.packb(message.model_dump(exclude_defaults=False), use_bin_type=True)
+
+
+_TUPLE_FIELDS = {"work": RangeSpec._fields, "update": RangeEvent._fields}
+
+
+def _where(loc: tuple) -> str:
+    """A validation error's location, dotted; a range's field by its name, not its place in the array."""
+    parts = [str(x) for x in loc]
+    fields = _TUPLE_FIELDS.get(loc[0]) if loc else None
+    if fields and len(loc) >= 4 and loc[1] == "ranges" and type(loc[3]) is int and loc[3] < len(fields):
+        parts[3] = fields[loc[3]]
+    return ".".join(parts)
 
 
 def decode(data: bytes) -> _Message:
@@ -308,7 +323,7 @@ def decode(data: bytes) -> _Message:
         return _ADAPTER.validate_python(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])[:200]
+        where = _where(first["loc"])[:200]
         raise ProtocolError(f"invalid {kind} message: {where}: {first['msg'][:300]}") from exc
     except RecursionError as exc:
         raise ProtocolError(f"invalid {kind} message: nested too deeply") from exc
