@@ -324,8 +324,10 @@ class Tower:
         ranges_ready = self.ranges.ready_count
         if specs or ranges:
             live.idle_since = None
-            self.reply(identity, p.Work(req=m.req, jobs=specs, ranges=ranges, es_jobs=es_specs, exhausted=exhausted,
-                                        ranges_ready=bool(ranges_ready), jobs_ready=bool(len(self.dispatcher))))
+            # from the tower's own checked records: not validated again, range by range
+            self.reply(identity, p.Work.model_construct(
+                req=m.req, jobs=specs, ranges=ranges, es_jobs=es_specs, exhausted=exhausted,
+                ranges_ready=bool(ranges_ready), jobs_ready=bool(len(self.dispatcher))))
             return
         self.stats["no_work"] += 1
         now = time.monotonic()
