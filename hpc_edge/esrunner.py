@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 BATCH_WINDOW_S = 0.02  # a list of ranges should keep a payload busy about this long ...
 MAX_BATCH = 256        # ... and hold at most this many
+# finished ranges' outputs go into directories of at most this many, one rank's own at a time: renaming
+# into a directory of 10^4-10^5 entries that every rank of every node writes into is slower on every
+# filesystem (on this ext4, 20-23 us per lstat + rename against 14-16 us into directories of 100;
+# on Lustre, creates in one directory contend for its one lock)
+OUTPUTS_PER_DIR = 128
 
 
 class ESProcess:
@@ -131,7 +136,8 @@ class EventRunner:
         self.jobs: dict[int, JobSpec] = {}
         self.mean_wall: dict[int, float] = {}  # job id -> mean wall time of its ranges (payload-reported)
         self.n_reported: dict[int, int] = {}   # job id -> ranges reported on this rank
-        self._made: set[str] = set()           # output areas known to exist
+        self._dirs: dict[str, list] = {}       # output area -> [its directory this rank fills now, outputs in it]
+        self._n_dirs = 0
         self.queues: dict[int, deque[RangeSpec]] = {}
         self.exhausted: set[int] = set()
         self.procs: dict[int, ESProcess] = {}  # pid -> process
@@ -237,15 +243,12 @@ class EventRunner:
             why = "is outside the payload's directory" if found else "does not exist"
             return self.event(r, "failed", error_code=int(ErrorCode.OUTPUT_MISSING),
                               error_diag=f"range output {name[:1000]} {why}")
-        area = proc.area
-        dest = f"{area}/{r.range_id}{os.path.splitext(name)[1]}"
+        dest = proc.area
         try:
-            if area not in self._made:
-                os.makedirs(area, exist_ok=True)
-                self._made.add(area)
+            dest = f"{self.output_dir(proc.area)}/{r.range_id}{os.path.splitext(name)[1]}"
             os.rename(src, dest)
         except OSError as exc:
-            if exc.errno == errno.EXDEV:  # another filesystem: copying may take a while, off the loop
+            if exc.errno == errno.EXDEV and dest != proc.area:  # another filesystem: copy, off the loop
                 self.stage_out.submit(self.event(r, "finished", cpu_s=report.cpu_s, wall_s=report.wall_s),
                                       Path(src), Path(dest))
                 return None
@@ -254,6 +257,19 @@ class EventRunner:
                               error_diag=f"stage-out of {src} to {dest} failed: {exc}"[:4000])
         return self.event(r, "finished", cpu_s=report.cpu_s, wall_s=report.wall_s, output=dest,
                           size=size if size is not None else os.stat(dest).st_size)
+
+    def output_dir(self, area: str) -> str:
+        """The directory of the job's output area this rank moves its next finished range's output into:
+        a new one (``<host>-<pid>-<n>``) every OUTPUTS_PER_DIR outputs. Range ids are unique in a job,
+        so two ranks that chose the same name (the host's name is cut) would still not collide."""
+        here = self._dirs.get(area)
+        if here is None or here[1] >= OUTPUTS_PER_DIR:
+            self._n_dirs += 1
+            path = f"{area}/{self.ex.host[:64]}-{os.getpid()}-{self._n_dirs}"
+            os.makedirs(path, exist_ok=True)
+            here = self._dirs[area] = [path, 0]
+        here[1] += 1
+        return here[0]
 
     def batch_size(self, job_id: int) -> int:
         """Ranges to send in one list: one until a few are reported, then about BATCH_WINDOW_S of work."""
