@@ -40,6 +40,8 @@ MAX_BATCH = 256        # ... and hold at most this many
 # filesystem (on this ext4, 20-23 us per lstat + rename against 14-16 us into directories of 100;
 # on Lustre, creates in one directory contend for its one lock)
 OUTPUTS_PER_DIR = 128
+CLOSE_GRACE_S = 5.0  # at a stop, a payload with no range in flight is told "No more events" and has this
+                     # long to end by itself (finish its logs, its own clean-up) before SIGTERM
 
 
 class ESProcess:
@@ -55,6 +57,7 @@ class ESProcess:
         self.buffer = b""
         self.stop_reason: tuple[ErrorCode, str] | None = None
         self.sigterm_at: float | None = None
+        self.close_by: float | None = None  # told "No more events" at a stop: SIGTERM if still running then
         self.eof = False  # its stdout is closed: nothing more to read, and not to be waited on
         os.set_blocking(proc.stdout.fileno(), False)
 
@@ -370,20 +373,34 @@ class EventRunner:
 
     # ---- stopping -----------------------------------------------------------------------------
     def kill_all(self, reason: ErrorCode, diag: str) -> list[RangeEvent]:
-        """Queued ranges go back at once; payloads get SIGTERM (their range in flight follows)."""
+        """Queued ranges go back at once. A payload with ranges in flight gets SIGTERM (the range it is
+        on follows, preempted); one with none is told "No more events", as at its job's end, and gets
+        SIGTERM only if it has not ended CLOSE_GRACE_S later: a drained worker's idle payloads end
+        by themselves, not killed half-way through their own clean-up."""
         events = [self.event(r, "preempted", error_code=int(reason), error_diag=diag)
                   for q in self.queues.values() for r in q]
         self.queues.clear()
+        now = time.monotonic()
         for proc in self.procs.values():
             if proc.stop_reason is None:
-                proc.stop_reason, proc.sigterm_at = (reason, diag), time.monotonic()
-                _killpg(proc.proc.pid, signal.SIGTERM)
+                proc.stop_reason = (reason, diag)
+                if proc.inflight:
+                    proc.sigterm_at = now
+                    _killpg(proc.proc.pid, signal.SIGTERM)
+                    continue
+                if proc.state != "closing":
+                    proc.send(es.NO_MORE)
+                    proc.state = "closing"
+                proc.close_by = now + CLOSE_GRACE_S
         return events
 
     def escalate(self) -> None:
         now = time.monotonic()
         for proc in self.procs.values():
-            if proc.sigterm_at is not None and now - proc.sigterm_at > 5.0:
+            if proc.sigterm_at is None and proc.close_by is not None and now > proc.close_by:
+                proc.sigterm_at = now
+                _killpg(proc.proc.pid, signal.SIGTERM)
+            elif proc.sigterm_at is not None and now - proc.sigterm_at > 5.0:
                 _killpg(proc.proc.pid, signal.SIGKILL)
 
     def hard_kill_all(self) -> None:
