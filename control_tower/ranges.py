@@ -59,7 +59,7 @@ class RangeBook:
         self.by_worker: dict[str, set[tuple[int, int]]] = {}
         self.worker_jobs: dict[str, set[int]] = {}
         self.to_merge: list[int] = []
-        self._writes: list[tuple] = []
+        self._writes: list[tuple] = []  # in order: set_ranges rows, and finish_ranges rows (shorter)
         self._assigns: list[list] = []  # [attempt, worker_id, t, job_id, first idx, last idx], written before _writes
         self.stale_events = 0
 
@@ -208,7 +208,11 @@ class RangeBook:
         else:
             new, next_attempt = state, attempt
         self._count(es, old, new)
-        self._write(e, new, next_attempt, worker_id, es.job_id, idx)
+        if new == "finished" and e.exit_code is None and e.signal is None and e.error_code is None \
+                and e.error_diag is None:
+            self._writes.append((e.rank, e.host, e.output, e.size, e.cpu_s, e.wall_s, e.t, es.job_id, idx))
+        else:
+            self._write(e, new, next_attempt, worker_id, es.job_id, idx)
         if new == "ready":
             if next_attempt > 1:
                 es.attempts[idx] = next_attempt
@@ -262,8 +266,14 @@ class RangeBook:
             self.store.assign_ranges(self._assigns)
             self._assigns = []
         if self._writes:
-            self.store.set_ranges(self._writes)
-            self._writes = []
+            # runs of one kind, in the order they were queued (a range's 'running' before its end)
+            writes, self._writes = self._writes, []
+            start = 0
+            for i in range(1, len(writes) + 1):
+                if i == len(writes) or len(writes[i]) != len(writes[start]):
+                    rows = writes[start:i]
+                    (self.store.finish_ranges if len(rows[0]) == _FINISH_ROW else self.store.set_ranges)(rows)
+                    start = i
 
     def set_job(self, es: ESJob, state: str, t: float, fields: dict | None = None) -> None:
         self.jobs_book._move(es.task_id, es.state, state)
@@ -277,6 +287,7 @@ class RangeBook:
         return total
 
 
+_FINISH_ROW = 9  # the length of a finish_ranges row (set_ranges rows have 16)
 _RANGE_ID = re.compile(r"[0-9]+-([0-9]+)-[0-9]+-([0-9]+)-([0-9]+)")
 
 

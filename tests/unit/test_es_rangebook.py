@@ -142,6 +142,41 @@ def test_running_then_finished_is_stored_with_the_output(tower):
     tower.check_counts()
 
 
+def test_running_and_finished_in_one_transaction_are_stored_finished(tower):
+    # a range's end is written with fewer columns than its start: the two, queued in one turn, must
+    # still land in their order
+    tower.add(es_task())
+    tower.take("w1", 2)
+    tower.ranges.apply("w1", ev("1-1-0-0-1", "running", rank=1, host="n1"))
+    tower.ranges.apply("w1", ev("1-1-0-0-1", "finished", rank=1, host="n1", output="/o/a.h5", size=1))
+    tower.ranges.apply("w1", ev("1-1-0-1-1", "running", rank=0, host="n0"))
+    tower.save()
+
+    assert tower.rows() == {(1, 0): ("finished", 1, "w1"), (1, 1): ("running", 1, "w1"),
+                            (2, 0): ("ready", 1, None), (2, 1): ("ready", 1, None), (3, 0): ("ready", 1, None)}
+    tower.check_counts()
+
+
+def test_a_range_finished_after_a_failure_keeps_nothing_of_the_failure(tower):
+    tower.add(es_task(max_attempts=3))
+    tower.take("w1", 1)
+    tower.ranges.apply("w1", ev("1-1-0-0-1", "failed", rank=2, host="n2", exit_code=3, signal=None,
+                                error_code=2001, error_diag="bad event", cpu_s=9.0, wall_s=9.5))
+    tower.save()
+    assert tower.take("w2", 1) == ["1-1-0-0-2"]
+    tower.ranges.apply("w2", ev("1-1-0-0-2", "finished", rank=0, host="n5", output="/o/r.h5", size=7,
+                                cpu_s=1.0, wall_s=1.25))
+    tower.save()
+
+    row = tower.row(1, 0)
+    assert {k: row[k] for k in ("state", "attempt", "worker_id", "rank", "host", "output", "size", "cpu_s", "wall_s",
+                                "exit_code", "signal", "error_code", "error_diag", "updated")} == \
+        {"state": "finished", "attempt": 2, "worker_id": "w2", "rank": 0, "host": "n5", "output": "/o/r.h5",
+         "size": 7, "cpu_s": 1.0, "wall_s": 1.25, "exit_code": None, "signal": None, "error_code": None,
+         "error_diag": None, "updated": 1000.0}
+    tower.check_counts()
+
+
 def test_a_repeated_running_event_changes_nothing(tower):
     tower.add(es_task())
     tower.take("w1", 1)
