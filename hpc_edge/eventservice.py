@@ -22,8 +22,7 @@ import json
 import re
 import sys
 import time
-from dataclasses import dataclass
-from typing import Callable, TextIO
+from typing import Callable, NamedTuple, TextIO
 
 READY = "Ready for events"
 NO_MORE = "No more events"
@@ -40,8 +39,9 @@ def panda_range(range_id: str, first_event: int, last_event: int, lfn: str = "",
             "GUID": guid, "scope": scope}
 
 
-@dataclass(frozen=True)
-class EventRange:
+class EventRange(NamedTuple):
+    """One range as a payload gets it (a named tuple: immutable, and cheap to make per range)."""
+
     range_id: str
     first_event: int
     last_event: int
@@ -62,8 +62,7 @@ class EventRange:
                    str(d.get("GUID") or ""), str(d.get("scope") or ""))
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(NamedTuple):
     """A line the payload wrote about a range: done (with output) or failed (with code and message)."""
 
     range_id: str
