@@ -117,19 +117,23 @@ def serve(process: Callable[[EventRange], str], stdin: TextIO | None = None, std
         except (ValueError, KeyError, TypeError, OverflowError) as exc:
             print(f"hpc-edge payload: cannot read ranges from {line.strip()[:200]!r}: {exc}", file=sys.stderr)
             return done
+        # one clock reading of each kind per range: a range's end is the next one's start (the
+        # process-time clock is a system call); writing a report counts to the range after it
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         for r in ranges:
-            wall0, cpu0 = time.perf_counter(), time.process_time()
             try:
                 output = process(r)
             except Exception as exc:  # noqa: BLE001 - the payload reports the range as failed, goes on
                 report = format_error(r.range_id, PAYLOAD_ERROR, f"{type(exc).__name__}: {exc}")
+                wall1, cpu1 = time.perf_counter(), time.process_time()
             else:
-                report = format_done(str(output), r.range_id, time.process_time() - cpu0, time.perf_counter() - wall0)
+                wall1, cpu1 = time.perf_counter(), time.process_time()
+                report = format_done(str(output), r.range_id, cpu1 - cpu0, wall1 - wall0)
                 done += 1
+            wall0, cpu0 = wall1, cpu1
             stdout.write(report + "\n")
-            now = time.perf_counter()
-            if now - flushed >= FLUSH_S:
+            if wall1 - flushed >= FLUSH_S:
                 stdout.flush()
-                flushed = now
+                flushed = wall1
         stdout.flush()
         flushed = time.perf_counter()
