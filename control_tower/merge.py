@@ -8,6 +8,7 @@ slices, so thousands of range files need neither many file handles nor much memo
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import logging
@@ -80,6 +81,9 @@ def main(argv: list[str]) -> int:
         return 2
     if not die_with_parent():
         return 3
+    # a short process whose records (one per range) hold no cycles: no collections, which took 5-20 %
+    # of a 50,000-range merge's CPU here
+    gc.disable()
     store, job_id, prefix, out_dir, stem = argv
     try:
         path = merge_job(Path(store), int(job_id), prefix, Path(out_dir), stem)

@@ -16,6 +16,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from hpc_edge.gcpolicy import settle
 from hpc_edge.keys import create_keys
 
 from .provisioner import Provisioner, QueueConfig
@@ -126,6 +127,7 @@ class Service:
                 self.tower.ranges.add_task(task_id, task, fresh=True)
             ids.append(task_id)
         self.work_arrived = True
+        settle()  # a large workload's records are not gone over by every later full collection
         return ids
 
     async def start(self, workload: Workload | None = None) -> None:
@@ -202,6 +204,7 @@ class Service:
             await self._serve(until_done, tick)
 
     async def _serve(self, until_done: bool, tick) -> None:
+        settle()  # what start-up loaded (a workload of 10^5-10^6 jobs or ranges among it) stays put
         next_cycle = time.monotonic() + self.provision_interval_s  # start() ran the first cycle
         while True:
             await self.tower.turn(timeout_ms=50)

@@ -57,6 +57,7 @@ def main(argv: list[str]) -> int:
     for name in ours:  # payloads get the environment the site gave this rank
         os.environ.pop(name, None)
     from .executor import Executor
+    from .gcpolicy import settle
     from .monitor import become_subreaper
     from .protocol import RankInfo
 
@@ -88,6 +89,7 @@ def main(argv: list[str]) -> int:
     if rank != 0:
         from .rank import rank_loop
 
+        settle()
         try:
             rank_loop(comm, executor)
         finally:
@@ -106,6 +108,7 @@ def main(argv: list[str]) -> int:
                          start_timeout_s=args.start_timeout_s or None,
                          curve=client_curve(args.keys) if args.keys and args.tower else None,
                          messenger_dir=args.messenger_dir)
+    settle()
     try:
         Relay(comm, executor, infos, config).run()
     except Exception:
