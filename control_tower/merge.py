@@ -20,6 +20,8 @@ import tarfile
 from pathlib import Path
 from typing import NamedTuple
 
+from hpc_edge.eventservice import extension
+
 logger = logging.getLogger(__name__)
 
 SLICE_ROWS = 65536
@@ -98,7 +100,7 @@ def merge_parts(parts: list[Part], out_dir: Path, stem: str) -> Path:
     """Merge into ``out_dir/stem.h5`` (all parts HDF5) or ``out_dir/stem.tgz``; return the path."""
     parts = sorted(parts, key=lambda p: p.first_event)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hdf5 = bool(parts) and all(os.path.splitext(p.path)[1] in (".h5", ".hdf5") for p in parts)
+    hdf5 = bool(parts) and all(extension(os.fspath(p.path)) in (".h5", ".hdf5") for p in parts)
     out = out_dir / f"{stem}.{'h5' if hdf5 else 'tgz'}"
     try:
         return merge_hdf5(parts, out) if hdf5 else archive(parts, out)
@@ -184,7 +186,7 @@ def archive(parts: list[Part], out: Path) -> Path:
             st = os.stat(part.path)
         except OSError as exc:
             raise MergeError(f"cannot archive range output {part.path}: {exc}") from exc
-        entries.append((part, f"{part.range_id}{os.path.splitext(part.path)[1]}".encode(), st.st_size,
+        entries.append((part, f"{part.range_id}{extension(os.fspath(part.path))}".encode(), st.st_size,
                         int(st.st_mtime)))
     if any(len(name) > 100 or size >= 8 * 2**30 for _, name, size, _ in entries):
         return _archive_tarfile(parts, out)
@@ -252,7 +254,7 @@ def _archive_tarfile(parts: list[Part], out: Path) -> Path:
         for part in parts:
             try:
                 st = os.stat(part.path)
-                info = tarfile.TarInfo(f"{part.range_id}{os.path.splitext(part.path)[1]}")
+                info = tarfile.TarInfo(f"{part.range_id}{extension(os.fspath(part.path))}")
                 info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), 0o644
                 if st.st_size:
                     with open(part.path, "rb") as f:

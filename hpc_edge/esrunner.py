@@ -248,7 +248,7 @@ class EventRunner:
                               error_diag=f"range output {name[:1000]} {why}")
         dest = proc.area
         try:
-            dest = f"{self.output_dir(proc.area)}/{r.range_id}{_extension(name)}"
+            dest = f"{self.output_dir(proc.area)}/{r.range_id}{es.extension(name)}"
             os.rename(src, dest)
         except OSError as exc:
             if exc.errno == errno.EXDEV and dest != proc.area:  # another filesystem: copy, off the loop
@@ -412,14 +412,6 @@ class EventRunner:
         # tower validates every event it receives
         return RangeEvent(range_id=r.range_id, job_id=r.job_id, state=state, t=time.time(),
                           rank=self.ex.rank, host=self.ex.host, **kw)
-
-
-def _extension(name: str) -> str:
-    """``os.path.splitext(name)[1]``, without its general path handling for a plain file name."""
-    if "/" in name:
-        return os.path.splitext(name)[1]
-    i = name.rfind(".")
-    return name[i:] if i > 0 and name[:i].strip(".") else ""
 
 
 def _killpg(pid: int, sig: int) -> None:

@@ -32,6 +32,14 @@ FLUSH_S = 0.005  # serve(): range reports wait at most this long in the payload'
 PAYLOAD_ERROR = 2001  # default code of a range the payload reports as failed (experiment range)
 
 
+def extension(path: str) -> str:
+    """``os.path.splitext(path)[1]`` for a POSIX path, without its general machinery: a rank and a
+    merge take the extension of every range's output."""
+    base = path[path.rfind("/") + 1:]
+    i = base.rfind(".")
+    return base[i:] if i > 0 and base[:i].strip(".") else ""
+
+
 def panda_range(range_id: str, first_event: int, last_event: int, lfn: str = "", guid: str = "",
                 scope: str = "") -> dict:
     """A range as the payload reads it, with PanDA's keys."""

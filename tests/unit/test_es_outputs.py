@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hpc_edge import esrunner
 from hpc_edge.errors import ErrorCode
 from hpc_edge.esrunner import OUTPUTS_PER_DIR
+from hpc_edge.eventservice import extension
 from hpc_edge.executor import Executor
 from hpc_edge.protocol import JobSpec, RangeSpec
 
@@ -92,6 +92,6 @@ def test_a_range_whose_output_cannot_be_moved_fails_naming_the_output_area_and_k
 
 @given(st.text(alphabet="a./-_ ", max_size=12))
 def test_an_outputs_extension_is_what_splitext_gives(name):
-    # the moved output is named <range id><extension of the payload's file>; the plain-name fast path
-    # must agree with os.path.splitext (leading dots, trailing dots, several dots, paths)
-    assert esrunner._extension(name) == os.path.splitext(name)[1]
+    # a moved output (and its name in a merge's archive) is <range id><extension of the payload's
+    # file>: it must agree with os.path.splitext (leading dots, trailing dots, several dots, paths)
+    assert extension(name) == os.path.splitext(name)[1]
