@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 # here (bench/cpu_split.py): 2 ms cost the ranks 173.0-185.5 us of CPU per job, 5 ms 153.5-174.0; 10 ms
 # left cores idle (3 rounds: 1,998-2,066 jobs/s, against 2,227-2,339 with 5 ms)
 PASS_S = 0.005
+RANGE_CHUNK = 16  # ranges per core handed to a rank at a time (distribute_ranges)
 
 
 @dataclass
@@ -451,14 +452,18 @@ class Relay:
         if self.range_buffer:
             depth = self.range_depth()
             batches: dict[int, list[p.RangeSpec]] = {}
-            while self.range_buffer:
+            buffer = self.range_buffer
+            while buffer:
                 rank = min(self.ranks, key=lambda i: self.rank_ranges[i.rank] / i.cores)
-                if self.rank_ranges[rank.rank] >= rank.cores * depth:
+                room = rank.cores * depth - self.rank_ranges[rank.rank]
+                if room <= 0:
                     break
-                r = self.range_buffer.popleft()
-                batches.setdefault(rank.rank, []).append(r)
-                self.held_ranges[r.range_id] = rank.rank
-                self.rank_ranges[rank.rank] += 1
+                # a few per core at a time to the least loaded rank: even to within RANGE_CHUNK per core,
+                # without choosing a rank for each range
+                got = [buffer.popleft() for _ in range(min(room, len(buffer), RANGE_CHUNK * rank.cores))]
+                batches.setdefault(rank.rank, []).extend(got)
+                self.held_ranges.update(dict.fromkeys([r.range_id for r in got], rank.rank))
+                self.rank_ranges[rank.rank] += len(got)
             for rank, ranges in batches.items():
                 specs = [self.es_jobs[j] for j in {r.job_id for r in ranges} if (rank, j) not in self.es_sent]
                 self.es_sent.update((rank, s.job_id) for s in specs)

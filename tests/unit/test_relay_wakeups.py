@@ -1,6 +1,7 @@
 """What wakes the relay's loop: besides the tower's socket and payload exits, the pipes of rank 0's own
 event-service payloads, so one asking for ranges is fed at once, not after the poll's timeout; and
-what no loop waits on: a payload's stdout at its end."""
+what no loop waits on: a payload's stdout at its end. And how the relay spreads event ranges over
+its ranks."""
 
 from __future__ import annotations
 
@@ -80,3 +81,50 @@ def test_rank_zeros_own_payload_ends_leave_the_relays_duties_for_a_moment_only()
                           ("next_pass", time.monotonic() - 0.001)]:
         changed = SimpleNamespace(**{**vars(relay), change: value})
         assert Relay.pass_due(changed), change
+
+
+def test_ranges_go_to_the_least_loaded_ranks_per_core_up_to_their_depth(monkeypatch):
+    """distribute_ranges: ranks of 1, 2 and 1 cores, 40 ranges per core at most; each range goes to
+    one rank once, rank 0's to its own executor and the others' over MPI with their job's spec (once
+    per rank), loads per core even to within RANGE_CHUNK, and what does not fit stays buffered."""
+    from collections import deque
+
+    from hpc_edge import relay as relay_mod
+    from hpc_edge.protocol import RangeSpec
+
+    sent: list[tuple[int, list, list]] = []
+    monkeypatch.setattr(relay_mod, "relay_send_ranges", lambda comm, rank, specs, ranges: sent.append(
+        (rank, [s.job_id for s in specs], [r.range_id for r in ranges])))
+    monkeypatch.setattr(relay_mod, "relay_send_exhausted", lambda *a: None)
+    local: list[tuple[list, list]] = []
+    spec = JobSpec(job_id=4, task_id=1, attempt=1, dispatch=1, command="sim", cores=1, memory_mb=0,
+                   walltime_s=60, workdir="/tmp/x", event_service=True)
+    relay = SimpleNamespace(
+        stop_reason=None, range_depth=lambda: 40, rank_ranges=[0, 0, 0], held_ranges={}, es_jobs={4: spec},
+        es_sent=set(), exhausted=set(), exhausted_told=set(), comm=None,
+        ranks=[SimpleNamespace(rank=0, cores=1), SimpleNamespace(rank=1, cores=2), SimpleNamespace(rank=2, cores=1)],
+        local=SimpleNamespace(es=SimpleNamespace(add=lambda specs, ranges: local.append(
+            ([s.job_id for s in specs], [r.range_id for r in ranges])), mark_exhausted=lambda ids: None)),
+        range_buffer=deque(RangeSpec(f"1-4-0-{i}-1", 4, i, i) for i in range(100)))
+
+    Relay.distribute_ranges(relay)
+
+    got = {0: [r for _, ranges in local for r in ranges]}
+    for rank, _, ranges in sent:
+        got.setdefault(rank, []).extend(ranges)
+    everything = [r for ranges in got.values() for r in ranges]
+    assert sorted(everything) == sorted(f"1-4-0-{i}-1" for i in range(100)) and not relay.range_buffer
+    assert relay.held_ranges == {r: rank for rank, ranges in got.items() for r in ranges}
+    assert relay.rank_ranges == [len(got[0]), len(got[1]), len(got[2])]
+    per_core = [len(got[0]), len(got[1]) / 2, len(got[2])]
+    assert max(per_core) - min(per_core) <= relay_mod.RANGE_CHUNK
+    assert all(job_ids == [4] for _, job_ids, _ in sent) and [j for j, _ in local] == [[4]]  # the spec goes once
+
+    sent.clear()
+    local.clear()
+    relay.range_buffer.extend(RangeSpec(f"1-4-0-{i}-1", 4, i, i) for i in range(100, 200))
+    Relay.distribute_ranges(relay)
+
+    assert relay.rank_ranges == [40, 80, 40]  # full: 160 of the 200 handed out, 40 wait in the buffer
+    assert [r.range_id for r in relay.range_buffer] == [f"1-4-0-{i}-1" for i in range(160, 200)]
+    assert all(job_ids == [] for _, job_ids, _ in sent) and all(j == [] for j, _ in local)
