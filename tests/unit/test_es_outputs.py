@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,14 +44,6 @@ def run_ranges(ex: Executor, spec: JobSpec, n: int, timeout: float = 120) -> dic
         if len(ended) < n or not ex.idle:
             ex.wait(0.5)
     return ended
-
-
-@pytest.fixture
-def ex():
-    executor = Executor(rank=0, cores=1, memory_mb=1000, guard=False)
-    yield executor
-    executor.hard_kill_all()
-    executor.close()
 
 
 def test_outputs_go_into_directories_of_the_ranks_own_none_over_the_limit(ex, tmp_path):

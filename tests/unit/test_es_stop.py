@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from hpc_edge import esrunner
 from hpc_edge.errors import ErrorCode
@@ -67,14 +66,6 @@ def stop_and_wait(ex: Executor, timeout: float = 60) -> list:
         if ex.es.procs:
             ex.wait(0.2)
     return events
-
-
-@pytest.fixture
-def ex():
-    executor = Executor(rank=0, cores=1, memory_mb=1000, guard=False)
-    yield executor
-    executor.hard_kill_all()
-    executor.close()
 
 
 def test_a_payload_with_no_range_in_flight_is_told_no_more_events_and_ends_by_itself(ex, tmp_path):
