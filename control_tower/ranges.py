@@ -14,6 +14,7 @@ import re
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 
 from hpc_edge import protocol as p
@@ -268,12 +269,8 @@ class RangeBook:
         if self._writes:
             # runs of one kind, in the order they were queued (a range's 'running' before its end)
             writes, self._writes = self._writes, []
-            start = 0
-            for i in range(1, len(writes) + 1):
-                if i == len(writes) or len(writes[i]) != len(writes[start]):
-                    rows = writes[start:i]
-                    (self.store.finish_ranges if len(rows[0]) == _FINISH_ROW else self.store.set_ranges)(rows)
-                    start = i
+            for n, rows in groupby(writes, key=len):
+                (self.store.finish_ranges if n == _FINISH_ROW else self.store.set_ranges)(list(rows))
 
     def set_job(self, es: ESJob, state: str, t: float, fields: dict | None = None) -> None:
         self.jobs_book._move(es.task_id, es.state, state)
