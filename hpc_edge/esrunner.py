@@ -246,12 +246,12 @@ class EventRunner:
             why = "is outside the payload's directory" if found else "does not exist"
             return self.event(r, "failed", error_code=int(ErrorCode.OUTPUT_MISSING),
                               error_diag=f"range output {name[:1000]} {why}")
-        dest = proc.area
+        dest = proc.area  # named in the diagnostic if its directory cannot be made
         try:
             dest = f"{self.output_dir(proc.area)}/{r.range_id}{es.extension(name)}"
             os.rename(src, dest)
         except OSError as exc:
-            if exc.errno == errno.EXDEV and dest != proc.area:  # another filesystem: copy, off the loop
+            if exc.errno == errno.EXDEV:  # another filesystem (only rename says so): copy, off the loop
                 self.stage_out.submit(self.event(r, "finished", cpu_s=report.cpu_s, wall_s=report.wall_s),
                                       Path(src), Path(dest))
                 return None
