@@ -38,6 +38,7 @@ from hpc_edge.keys import client_curve  # noqa: E402
 
 FINISH, HEARTBEAT, RETRY, START = 0, 1, 2, 3
 HOST = "bench-sim"
+JOB_ID, DISPATCH = p.JobSpec._fields.index("job_id"), p.JobSpec._fields.index("dispatch")  # in a job's array
 
 
 def parse_args(argv):
@@ -60,17 +61,18 @@ def raise_fd_limit() -> None:
 
 
 class Templates:
-    """Message maps built once from the protocol's own records, then copied with new values."""
+    """Messages (maps) and job events (named tuples) built once from the protocol's own records, then
+    copied with new values."""
 
     def __init__(self):
         self.request = p.Request(req=1, cores=1, max_job_cores=1, max_job_memory_mb=4096).model_dump()
         self.heartbeat = p.Heartbeat(running=1, last_seq=0).model_dump()
         self.update = p.Update(seq=1, events=[p.JobEvent(job_id=1, dispatch=1, state="running", t=0.0)]).model_dump()
         self.running = p.JobEvent(job_id=1, dispatch=1, state="running", t=0.0, rank=0, host=HOST, pid=1,
-                                  start_time=0.0).model_dump()
+                                  start_time=0.0)
         self.finished = p.JobEvent(job_id=1, dispatch=1, state="finished", t=0.0, rank=0, host=HOST, pid=1,
                                    start_time=0.0, end_time=0.0, exit_code=0, cpu_s=0.001, wall_s=0.0,
-                                   max_rss_kb=1024).model_dump()
+                                   max_rss_kb=1024)
         self.bye = p.encode(p.Bye(reason="load generator done"))
 
 
@@ -168,7 +170,7 @@ class Sim:
             self.works += 1
             self.req_out[i] = False
             self.jobs_got += len(m["jobs"])
-            self.held[i].extend((j["job_id"], j["dispatch"]) for j in m["jobs"])
+            self.held[i].extend((j[JOB_ID], j[DISPATCH]) for j in m["jobs"])  # jobs are arrays
             if self.running[i] is None and self.accepting:
                 self.start_next(i, now)
         elif kind == "no_work":
@@ -195,7 +197,7 @@ class Sim:
         self.requests += 1
         self.send(i, msg)
 
-    def update(self, i: int, event: dict) -> None:
+    def update(self, i: int, event: p.JobEvent) -> None:
         self.seq[i] += 1
         seq = self.seq[i]
         self.send(i, dict(self.tpl.update, seq=seq, events=[event]))
@@ -210,7 +212,7 @@ class Sim:
         t = time.time()
         self.running[i] = (job_id, dispatch, t)
         self.jobs_started += 1
-        self.update(i, dict(self.tpl.running, job_id=job_id, dispatch=dispatch, t=t, start_time=t, pid=job_id))
+        self.update(i, self.tpl.running._replace(job_id=job_id, dispatch=dispatch, t=t, start_time=t, pid=job_id))
         self.schedule(now + self.rng.expovariate(1.0 / self.mean_job_s), FINISH, i)
         if not self.held[i]:
             self.request(i)
@@ -218,7 +220,7 @@ class Sim:
     def finish(self, i: int, now: float) -> None:
         job_id, dispatch, started = self.running[i]
         t = time.time()
-        self.update(i, dict(self.tpl.finished, job_id=job_id, dispatch=dispatch, t=t, start_time=started,
+        self.update(i, self.tpl.finished._replace(job_id=job_id, dispatch=dispatch, t=t, start_time=started,
                             end_time=t, wall_s=round(t - started, 6), pid=job_id))
         self.running[i] = None
         self.jobs_finished += 1

@@ -13,8 +13,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from hpc_edge import protocol as p
 from hpc_edge.errors import ErrorCode
 
@@ -31,27 +29,19 @@ logger = logging.getLogger(__name__)
 Inflight = tuple[int, str, int, int, str]
 
 
-_EVENT_FIELDS = tuple(n for n in p.JobEvent.model_fields if n not in ("job_id", "dispatch", "state", "t"))
-_SCALARS = frozenset((int, float, str, bool))
+# an event's fields beyond its job, dispatch, state and time, with their places in the tuple
+_EVENT_FIELDS = tuple((i, n) for i, n in enumerate(p.JobEvent._fields) if n not in ("job_id", "dispatch", "state", "t"))
+_FILES = p.JobEvent._fields.index("files")
 
 
 def event_fields(e: p.JobEvent) -> dict:
-    """What a job event tells beyond its job, dispatch, state and time: the same as
-    ``e.model_dump(exclude={"job_id", "dispatch", "state", "t"}, exclude_none=True)``, at half the cost."""
-    values = e.__dict__
-    out = {}
-    for name in _EVENT_FIELDS:
-        v = values[name]
-        if v is None:
-            continue
-        if type(v) in _SCALARS:
-            out[name] = v
-            continue
-        if type(v) is list:
-            v = [x.model_dump(exclude_none=True) if isinstance(x, BaseModel) else x for x in v]
-        elif isinstance(v, BaseModel):
-            v = v.model_dump(exclude_none=True)
-        out[name] = v
+    """What a job event tells beyond its job, dispatch, state and time (fields that are None left out;
+    its files as ``{"name", "size"}`` maps, as the store and the API show them)."""
+    out = {name: e[i] for i, name in _EVENT_FIELDS if e[i] is not None}
+    if e[_FILES]:
+        out["files"] = [{"name": f[0], "size": f[1]} for f in e[_FILES]]
+    else:
+        out["files"] = []
     return out
 
 
@@ -157,8 +147,8 @@ class JobBook:
                                      task=name, workload_dir=task.workload_dir)
             else:
                 cmd = command
-            # validated (pydantic-core validation is cheaper than model_construct here); the per-task
-            # parts (limits, env, outputs) are built once per task and passed through as they are
+            # the per-task parts (limits, env, outputs) are built once per task and shared by its jobs'
+            # records (which nobody changes in place); the relay validates every record it receives
             specs.append(JobSpec(job_id=job_id, task_id=task_id, attempt=attempt, dispatch=dispatch, command=cmd,
                                  workdir=workdir, **fixed))
             sent.append((dispatch, worker_id, workdir, now, job_id))
@@ -178,7 +168,7 @@ class JobBook:
             name, task = self.tasks[task_id]
             command = None if has_placeholders(task.command) else task.command
             fixed = {"cores": task.cores, "memory_mb": task.memory_mb, "walltime_s": task.walltime,
-                     "env": dict(task.env), "outputs": list(task.outputs), "limits": self.limits(task)}
+                     "env": dict(task.env), "outputs": tuple(task.outputs), "limits": self.limits(task)}
             consts = self._consts[task_id] = (f"{self.jobs_dir / name}/", name, task, command, fixed)
         return consts
 

@@ -172,7 +172,7 @@ class RangeBook:
             command=render_command(task.command, index=es.idx, inputs=inputs, job_id=es.job_id, attempt=1,
                                    task=task_name, workload_dir=task.workload_dir),
             cores=task.cores, memory_mb=task.memory_mb, walltime_s=task.walltime,
-            workdir=str(self.jobs_book.jobs_dir / task_name / str(es.job_id)), env=task.env,
+            workdir=str(self.jobs_book.jobs_dir / task_name / str(es.job_id)), env=dict(task.env),
             event_service=True, output_dir=str(self.output_dir(task_name, es.job_id)))
 
     def output_dir(self, task_name: str, job_id: int) -> Path:

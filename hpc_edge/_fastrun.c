@@ -235,8 +235,8 @@ static int finish_run(ctx_t *c, PyObject *run, int status) {
     PyObject *spec = PyObject_GetAttrString(run, "spec");
     PyObject *outputs = spec ? PyObject_GetAttrString(spec, "outputs") : NULL;
     PyObject *cwd = workdir && PyUnicode_Check(workdir) ? PyUnicode_EncodeFSDefault(workdir) : NULL;
-    if (reason == Py_None && cwd && outputs && PyList_Check(outputs))
-        flags = finish(c, PyBytes_AS_STRING(cwd), PyList_GET_SIZE(outputs) == 0, status);
+    if (reason == Py_None && cwd && outputs && PyTuple_Check(outputs))
+        flags = finish(c, PyBytes_AS_STRING(cwd), PyTuple_GET_SIZE(outputs) == 0, status);
     PyErr_Clear();  /* anything unexpected: judged in Python */
     Py_XDECREF(reason);
     Py_XDECREF(workdir);

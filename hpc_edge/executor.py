@@ -25,7 +25,7 @@ from .fastpath import FastPath, compiled_path
 from .monitor import REPORT_NAME, check, child_pids, file_size, job_of, read_job_report
 from .payload import (STDERR_NAME, STDOUT_NAME, Running, check_outputs, make_workdir, payload_argv,
                       payload_base_env, remove_dir)
-from .protocol import JobEvent, JobSpec, RangeEvent, make_job_event
+from .protocol import JobEvent, JobSpec, RangeEvent
 from .spawn import Spawner
 from .watchdog import Watchdog
 
@@ -323,10 +323,10 @@ class Executor:
             # what is left stays on scratch (until the worker ends) for whoever looks into it
             logger.warning("rank %d: job %d: moving its files from scratch failed: %s", self.rank, spec.job_id, exc)
             if event.state == "finished":
-                event = event.model_copy(update={
-                    "state": "failed", "error_code": ErrorCode.STAGEOUT_FAILED,
-                    "error_diag": f"moving its files from scratch to {spec.workdir} failed ({exc}); what is left "
-                                  f"stays in {src} on {self.host} until the worker ends"[:4000]})
+                event = event._replace(
+                    state="failed", error_code=ErrorCode.STAGEOUT_FAILED,
+                    error_diag=f"moving its files from scratch to {spec.workdir} failed ({exc}); what is left "
+                               f"stays in {src} on {self.host} until the worker ends"[:4000])
             return event
         remove_dir(src, empty_logs)
         return event
@@ -417,7 +417,7 @@ class Executor:
 
     def _event(self, spec: JobSpec, state: str, t: float, **kw) -> JobEvent:
         # built by this module from checked values; the tower validates every event it receives
-        return make_job_event(job_id=spec.job_id, dispatch=spec.dispatch, state=state, t=t, rank=self.rank,
+        return JobEvent(job_id=spec.job_id, dispatch=spec.dispatch, state=state, t=t, rank=self.rank,
                               host=self.host, **kw)
 
 

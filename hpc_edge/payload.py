@@ -82,7 +82,8 @@ def remove_dir(path: str, names: list[str]) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def check_outputs(workdir: str | Path, outputs: list[str]) -> tuple[list[FileInfo], tuple[ErrorCode, str] | None]:
+def check_outputs(workdir: str | Path, outputs: tuple[str, ...]) -> tuple[tuple[FileInfo, ...],
+                                                                         tuple[ErrorCode, str] | None]:
     """Sizes of the expected outputs, and the first problem with them (missing or empty)."""
     files: list[FileInfo] = []
     for name in outputs:
@@ -90,11 +91,11 @@ def check_outputs(workdir: str | Path, outputs: list[str]) -> tuple[list[FileInf
         try:
             size = path.stat().st_size
         except OSError:
-            return files, (ErrorCode.OUTPUT_MISSING, f"expected output {name} is missing")
+            return tuple(files), (ErrorCode.OUTPUT_MISSING, f"expected output {name} is missing")
         files.append(FileInfo(name=name, size=size))
         if size == 0:
-            return files, (ErrorCode.OUTPUT_EMPTY, f"expected output {name} is empty")
-    return files, None
+            return tuple(files), (ErrorCode.OUTPUT_EMPTY, f"expected output {name} is empty")
+    return tuple(files), None
 
 
 @dataclass

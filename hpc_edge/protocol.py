@@ -19,7 +19,7 @@ from .errors import ProtocolError
 
 logger = logging.getLogger(__name__)
 
-VERSION = 2  # 2: ranges and range events are arrays (named tuples), not maps
+VERSION = 3  # 2: ranges and range events are arrays (named tuples), not maps; 3: jobs and job events too
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 JobState = Literal["running", "finished", "failed", "preempted", "cancelled"]
@@ -37,43 +37,45 @@ class RankInfo(_Record):
     gpus: int = Field(default=0, ge=0)
 
 
-class JobLimits(_Record):
+class JobLimits(NamedTuple):
     """What the node enforces on a running payload (None or 0: no limit)."""
 
-    looping_s: float | None = Field(default=None, gt=0)
-    max_output_mb: int | None = Field(default=None, gt=0)
-    max_workdir_mb: int | None = Field(default=None, gt=0)
-    memory_mb: int = Field(default=0, ge=0)
-    max_walltime_s: float | None = Field(default=None, gt=0)
-    check_s: float = Field(default=10.0, gt=0)
+    looping_s: Annotated[float, Field(gt=0)] | None = None
+    max_output_mb: Annotated[int, Field(gt=0)] | None = None
+    max_workdir_mb: Annotated[int, Field(gt=0)] | None = None
+    memory_mb: Annotated[int, Field(ge=0)] = 0
+    max_walltime_s: Annotated[float, Field(gt=0)] | None = None
+    check_s: Annotated[float, Field(gt=0)] = 10.0
 
 
-class JobSpec(_Record):
-    """One payload to run, as a rank needs it."""
+class JobSpec(NamedTuple):
+    """One payload to run, as a rank needs it.
 
-    job_id: int = Field(ge=1)
-    task_id: int = Field(ge=1)
-    attempt: int = Field(ge=1)
-    dispatch: int = Field(ge=1)
-    command: str = Field(min_length=1)
-    cores: int = Field(ge=1)
-    memory_mb: int = Field(ge=0)
-    walltime_s: float = Field(gt=0)
+    Jobs, ranges and their events are named tuples, not models: each of them is built, sent (a
+    msgpack array; a pickle between ranks) and validated on receipt (every field, as a model's) at
+    a fraction of a model's cost, and a run of short payloads moves one per payload tower -> relay
+    -> rank and back. A wire error names the field (see ``decode``). Their defaults are shared:
+    nobody changes a record's ``env`` in place (``_replace`` makes a new record)."""
+
+    job_id: Annotated[int, Field(ge=1)]
+    task_id: Annotated[int, Field(ge=1)]
+    attempt: Annotated[int, Field(ge=1)]
+    dispatch: Annotated[int, Field(ge=1)]
+    command: Annotated[str, Field(min_length=1)]
+    cores: Annotated[int, Field(ge=1)]
+    memory_mb: Annotated[int, Field(ge=0)]
+    walltime_s: Annotated[float, Field(gt=0)]
     workdir: str
-    env: dict[str, str] = Field(default_factory=dict)
-    outputs: list[str] = Field(default_factory=list)
-    limits: JobLimits = Field(default_factory=JobLimits)
+    env: dict[str, str] = {}
+    outputs: tuple[str, ...] = ()
+    limits: JobLimits = JobLimits()
     event_service: bool = False
     output_dir: str | None = None  # event service: where finished ranges' outputs are staged out
 
 
 class RangeSpec(NamedTuple):
-    """One event range of an event-service job (ids: task-job-file-range-attempt).
-
-    Ranges and their events are named tuples, not models: a job of 10^5 one-event ranges moves
-    each one tower -> relay -> rank and back, and a tuple is built, sent (a msgpack array, a pickle
-    between ranks) and validated on receipt (every field, as a model's) at a fraction of a
-    model's cost. A wire error names the field (see ``decode``)."""
+    """One event range of an event-service job (ids: task-job-file-range-attempt); a named tuple, as
+    JobSpec says: a job of 10^5 one-event ranges moves each one tower -> relay -> rank and back."""
 
     range_id: Annotated[str, Field(min_length=1, max_length=200)]
     job_id: Annotated[int, Field(ge=1)]
@@ -103,16 +105,18 @@ class RangeEvent(NamedTuple):
     error_diag: Annotated[str, Field(max_length=4096)] | None = None
 
 
-class FileInfo(_Record):
+class FileInfo(NamedTuple):
+    """A declared output a payload left: its name in the job's directory, and its size."""
+
     name: str
-    size: int = Field(ge=0)
+    size: Annotated[int, Field(ge=0)]
 
 
-class JobEvent(_Record):
-    """A change of a job's state on a node."""
+class JobEvent(NamedTuple):
+    """A change of a job's state on a node (a named tuple: see JobSpec)."""
 
-    job_id: int = Field(ge=1)
-    dispatch: int = Field(ge=1)
+    job_id: Annotated[int, Field(ge=1)]
+    dispatch: Annotated[int, Field(ge=1)]
     state: JobState
     t: float
     rank: int | None = None
@@ -123,11 +127,11 @@ class JobEvent(_Record):
     exit_code: int | None = None
     signal: int | None = None
     error_code: int | None = None
-    error_diag: str | None = Field(default=None, max_length=4096)
+    error_diag: Annotated[str, Field(max_length=4096)] | None = None
     cpu_s: float | None = None
     wall_s: float | None = None
     max_rss_kb: int | None = None
-    files: list[FileInfo] = Field(default_factory=list)
+    files: tuple[FileInfo, ...] = ()
     report: dict | None = None  # the payload's jobReport.json
 
 
@@ -233,44 +237,11 @@ class Reject(_Message):
     error: str
 
 
-def trusted_maker(cls: type[BaseModel]):
-    """A fast constructor of ``cls`` for records this process builds from values it has checked itself
-    (a payload's exit, a range it handed out): no validation, like ``model_construct``, and no walk
-    over every field with a default lookup, which ``model_construct`` does on each call and which
-    shows in the per-job and per-range paths. Unknown field names are refused; omitted fields take
-    their defaults. Whoever receives such a record over the wire validates it as any other."""
-    # every field, in the model's order (a dict merge keeps it, so the wire form is the usual one)
-    static = {n: None if f.is_required() or f.default_factory is not None else f.default
-              for n, f in cls.model_fields.items()}
-    factories = {n: f.default_factory for n, f in cls.model_fields.items() if f.default_factory is not None}
-    required = frozenset(n for n, f in cls.model_fields.items() if f.is_required())
-    names = frozenset(cls.model_fields)
-    new, set_ = cls.__new__, object.__setattr__
-
-    def make(**values):
-        given = values.keys()
-        if not (required <= given <= names):
-            raise TypeError(f"{cls.__name__}: missing {sorted(required - given)}, unknown {sorted(given - names)}")
-        d = {**static, **values}
-        for name, factory in factories.items():
-            if name not in values:
-                d[name] = factory()
-        obj = new(cls)
-        set_(obj, "__dict__", d)
-        set_(obj, "__pydantic_fields_set__", set(given))
-        set_(obj, "__pydantic_extra__", None)
-        set_(obj, "__pydantic_private__", None)
-        return obj
-
-    return make
-
-
 Message = Annotated[
     Union[Hello, Welcome, Request, Work, NoWork, Update, Ack, Heartbeat, Bye, Reject],
     Field(discriminator="kind"),
 ]
 _ADAPTER: TypeAdapter = TypeAdapter(Message)
-make_job_event = trusted_maker(JobEvent)
 
 
 def drop_superseded(events: list) -> list:
@@ -290,15 +261,24 @@ def encode(message: _Message) -> bytes:
     return msgpack.packb(message.model_dump(exclude_defaults=False), use_bin_type=True)
 
 
-_TUPLE_FIELDS = {"work": RangeSpec._fields, "update": RangeEvent._fields}
+# the records sent as arrays, by the message field that holds a list of them; and their own
+# fields that hold records
+_ARRAYS = {("work", "jobs"): JobSpec, ("work", "es_jobs"): JobSpec, ("work", "ranges"): RangeSpec,
+           ("update", "events"): JobEvent, ("update", "ranges"): RangeEvent}
+_NESTED = {(JobSpec, "limits"): (JobLimits, False), (JobEvent, "files"): (FileInfo, True)}
 
 
 def _where(loc: tuple) -> str:
-    """A validation error's location, dotted; a range's field by its name, not its place in the array."""
+    """A validation error's location, dotted; a record's field by its name, not its place in the array
+    (``work.jobs.3.limits.check_s``, not ``work.jobs.3.11.5``)."""
     parts = [str(x) for x in loc]
-    fields = _TUPLE_FIELDS.get(loc[0]) if loc else None
-    if fields and len(loc) >= 4 and loc[1] == "ranges" and type(loc[3]) is int and loc[3] < len(fields):
-        parts[3] = fields[loc[3]]
+    record = _ARRAYS.get(tuple(loc[:2]))
+    i = 3  # after the message's kind, its field and the record's index
+    while record is not None and i < len(loc) and type(loc[i]) is int and loc[i] < len(record._fields):
+        name = record._fields[loc[i]]
+        parts[i] = name
+        record, many = _NESTED.get((record, name), (None, False))
+        i += 2 if many else 1  # a list of records: past its index
     return ".".join(parts)
 
 

@@ -102,8 +102,7 @@ def gone(pid: int) -> bool:
 
 
 def test_a_walltime_limit_is_checked_when_it_falls_due_not_at_the_next_periodic_check(ex, tmp_path):
-    limited = spec(tmp_path, 1, "sleep 60").model_copy(
-        update={"limits": JobLimits(max_walltime_s=3.0, check_s=10.0)})
+    limited = spec(tmp_path, 1, "sleep 60")._replace(limits=JobLimits(max_walltime_s=3.0, check_s=10.0))
     ex.add([limited])
     step_until(ex, lambda ev: any(e.state == "running" for e in ev))  # its step had the first look
     (run,) = ex.running.values()

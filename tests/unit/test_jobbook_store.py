@@ -119,7 +119,7 @@ def test_dispatch_sends_jobs_with_their_command_and_workdir(tower, store, tmp_pa
     assert [s.workdir for s in specs] == [str(tmp_path / "jobs" / "sim" / "1" / "try1"),
                                           str(tmp_path / "jobs" / "sim" / "2" / "try1")]
     assert (specs[0].cores, specs[0].memory_mb, specs[0].walltime_s) == (1, 100, 600.0)
-    assert (specs[0].env, specs[0].outputs) == ({"MODE": "x"}, ["o.txt"])
+    assert (specs[0].env, specs[0].outputs) == ({"MODE": "x"}, ("o.txt",))
     for s in specs:
         row = store.job(s.job_id)
         assert (row["state"], row["dispatch"], row["worker_id"], row["workdir"]) == ("sent", 1, "w1", s.workdir)

@@ -45,7 +45,7 @@ def plain_spec(book: JobBook, job_id: int) -> p.JobSpec:
         command=render_command(task.command, index=row["idx"], inputs=row["inputs"], job_id=job_id,
                                attempt=row["attempt"], task=name, workload_dir=task.workload_dir),
         cores=task.cores, memory_mb=task.memory_mb, walltime_s=task.walltime, workdir=str(workdir),
-        env=task.env, outputs=task.outputs, limits=JobBook.limits(task))
+        env=dict(task.env), outputs=tuple(task.outputs), limits=JobBook.limits(task))
 
 
 @pytest.mark.parametrize("command", ["sim --in {inputs} --job {job_id} --i {index} --try {attempt} {task}",
@@ -61,12 +61,14 @@ def test_dispatched_specs_are_those_built_the_plain_way(store, tmp_path, command
     specs = book.dispatch("w1", 4, 8, 1000, None)
 
     assert [s.job_id for s in specs] == [1, 2]
-    assert [s.model_dump() for s in specs] == [plain_spec(book, s.job_id).model_dump() for s in specs]
+    assert specs == [plain_spec(book, s.job_id) for s in specs]
+    # and they are what the relay gets off the wire, every field valid
+    assert p.decode(p.encode(p.Work.model_construct(req=1, jobs=specs))).jobs == specs
     # and sent again after a preemption: the next dispatch's directory
     book.release_worker("w1", ErrorCode.LOST_WORKER, "gone")
     again = book.dispatch("w2", 2, 8, 1000, None)
     assert again[0].workdir.endswith("/try2")
-    assert again[0].model_dump() == plain_spec(book, again[0].job_id).model_dump()
+    assert again[0] == plain_spec(book, again[0].job_id)
 
 
 def test_dispatch_counts_and_holds_every_job(store, tmp_path):
@@ -169,16 +171,20 @@ def test_a_million_ready_jobs_are_a_few_runs():
 
 # ---- a job event's fields -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("kw", [
-    {},
-    {"rank": 0, "host": "n1", "pid": 42, "start_time": 1.0},
-    {"exit_code": 1, "signal": None, "error_code": 1201, "error_diag": "boom", "cpu_s": 0.5, "wall_s": 0.7,
-     "max_rss_kb": 10, "end_time": 2.0, "files": [{"name": "a.root", "size": 3}],
-     "report": {"x": None, "y": [1, {"z": None}]}},
+@pytest.mark.parametrize("kw, fields", [
+    ({}, {"files": []}),
+    ({"rank": 0, "host": "n1", "pid": 42, "start_time": 1.0},
+     {"rank": 0, "host": "n1", "pid": 42, "start_time": 1.0, "files": []}),
+    ({"exit_code": 1, "signal": None, "error_code": 1201, "error_diag": "boom", "cpu_s": 0.5, "wall_s": 0.7,
+      "max_rss_kb": 10, "end_time": 2.0, "files": (p.FileInfo("a.root", 3),), "report": {"x": None, "y": [1, {"z": None}]}},
+     {"exit_code": 1, "error_code": 1201, "error_diag": "boom", "cpu_s": 0.5, "wall_s": 0.7, "max_rss_kb": 10,
+      "end_time": 2.0, "files": [{"name": "a.root", "size": 3}], "report": {"x": None, "y": [1, {"z": None}]}}),
 ])
-def test_event_fields_are_the_dump_without_nones(kw):
+def test_event_fields_are_the_event_without_nones_and_its_files_as_maps(kw, fields):
     e = p.JobEvent(job_id=3, dispatch=2, state="finished", t=5.0, **kw)
-    assert event_fields(e) == e.model_dump(exclude={"job_id", "dispatch", "state", "t"}, exclude_none=True)
+    assert event_fields(e) == fields
+    # the same off the wire (a file is an array there)
+    assert event_fields(p.decode(p.encode(p.Update(seq=1, events=[e]))).events[0]) == fields
 
 
 # ---- the store's copy of the workers table ------------------------------------------------------
