@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 Inflight = tuple[int, str, int, int, str]
 
 
-# an event's fields beyond its job, dispatch, state and time, with their places in the tuple
-_EVENT_FIELDS = tuple((i, n) for i, n in enumerate(p.JobEvent._fields) if n not in ("job_id", "dispatch", "state", "t"))
+# an event's fields beyond its job, dispatch, state, time and files, with their places in the tuple
+_EVENT_FIELDS = tuple((i, n) for i, n in enumerate(p.JobEvent._fields)
+                      if n not in ("job_id", "dispatch", "state", "t", "files"))
 _FILES = p.JobEvent._fields.index("files")
 
 
@@ -38,10 +39,7 @@ def event_fields(e: p.JobEvent) -> dict:
     """What a job event tells beyond its job, dispatch, state and time (fields that are None left out;
     its files as ``{"name", "size"}`` maps, as the store and the API show them)."""
     out = {name: e[i] for i, name in _EVENT_FIELDS if e[i] is not None}
-    if e[_FILES]:
-        out["files"] = [{"name": f[0], "size": f[1]} for f in e[_FILES]]
-    else:
-        out["files"] = []
+    out["files"] = [{"name": name, "size": size} for name, size in e[_FILES]]
     return out
 
 

@@ -146,10 +146,9 @@ class FastPath:
                  cpu_s: float, maxrss: int) -> JobEvent:
         """The event of a payload that exited 0 with nothing to judge: what Executor._judge_exit says of it."""
         ex = self.ex
-        # job_id, dispatch, state, t, rank, host, pid, start_time, end_time, exit_code, signal, error_code,
-        # error_diag, cpu_s, wall_s, max_rss_kb (files and report: none)
-        return JobEvent(spec.job_id, spec.dispatch, "finished", end_t, ex.rank, ex.host, pid, start_t, end_t, 0, None,
-                        None, None, round(cpu_s, 6), round(end_mono - start_mono, 6), maxrss)
+        return JobEvent(job_id=spec.job_id, dispatch=spec.dispatch, state="finished", t=end_t, rank=ex.rank,
+                        host=ex.host, exit_code=0, pid=pid, start_time=start_t, end_time=end_t,
+                        wall_s=round(end_mono - start_mono, 6), cpu_s=round(cpu_s, 6), max_rss_kb=maxrss)
 
     def job(self, spec: JobSpec) -> tuple:
         """A queued job as the compiled code takes it."""
